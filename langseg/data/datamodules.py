@@ -1,0 +1,106 @@
+"""LightningDataModules: the generic image-text-mask folder format and the embedded synthetic default."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
+from langseg.errors import DataError
+
+Split = Literal["train", "val", "test"]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Shared loaders for image-text-mask data; subclasses implement ``build_dataset(split)``.
+
+    The test (and predict) split carries ``swap_text`` for the text-adherence metric.
+    """
+
+    def __init__(self, image_size: int = 224, in_channels: int = 1, batch_size: int = 16, num_workers: int = 2,
+                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.swap_seed = swap_seed
+        self.predict_split = predict_split
+        self.datasets: dict[str, Dataset] = {}
+
+    def build_dataset(self, split: Split) -> Dataset:
+        raise NotImplementedError
+
+    def dataset(self, split: Split) -> Dataset:
+        """The dataset of ``split``, built once (test and predict with ``swap_text``)."""
+        if split not in self.datasets:
+            ds = self.build_dataset(split)
+            if len(ds) == 0:
+                raise DataError(f"the {split} split is empty; expected at least one sample")
+            self.datasets[split] = SwappedTextDataset(ds, self.swap_seed) if split == "test" else ds
+        return self.datasets[split]
+
+    def setup(self, stage: str) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": (self.predict_split,)}[stage]
+        for split in splits:
+            self.dataset(split)
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=False, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+
+class ImageTextMaskDataModule(SegmentationDataModule):
+    """A folder in the generic format: ``root/{train,val,test}.csv`` with columns ``image,mask,text``.
+
+    Paths in a CSV are relative to it; images PNG/JPEG (8/16-bit, gray or RGB), masks two-level
+    (0 and 1 or 255). Images are resized to ``image_size`` and converted to ``in_channels``.
+    """
+
+    def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
+                 num_workers: int = 2, train_csv: str = "train.csv", val_csv: str = "val.csv",
+                 test_csv: str = "test.csv", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
+                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.mean, self.std = mean, std
+
+    def build_dataset(self, split: Split) -> Dataset:
+        if not self.root.is_dir():
+            raise DataError(f"data root '{self.root}' is not a folder; expected a folder holding "
+                            f"{', '.join(self.csv_files.values())}")
+        return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
+                                    self.mean, self.std)
+
+
+class SyntheticReferringDataModule(SegmentationDataModule):
+    """Embedded default data: procedural referring-lesion images, generated on the fly, deterministic by seed."""
+
+    def __init__(self, num_train: int = 1024, num_val: int = 128, num_test: int = 256, image_size: int = 64,
+                 in_channels: int = 1, batch_size: int = 32, num_workers: int = 2, seed: int = 0,
+                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
+        self.save_hyperparameters()
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.seed = seed
+
+    def build_dataset(self, split: Split) -> Dataset:
+        return SyntheticReferringDataset(self.sizes[split], self.image_size, self.in_channels, self.seed, split)

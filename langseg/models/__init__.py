@@ -1,0 +1,5 @@
+"""LightningModules, one file per method, all registered in ``langseg.registry``."""
+from langseg.models.base import LanguageGuidedSegmenter
+from langseg.models.unet import UNetBaseline
+
+__all__ = ["LanguageGuidedSegmenter", "UNetBaseline"]

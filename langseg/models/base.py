@@ -1,0 +1,142 @@
+"""``LanguageGuidedSegmenter``: the shared LightningModule every method subclasses.
+
+A method overrides ``forward(image, text)`` (and ``compute_loss`` when it has extra losses); the base
+owns text encoding (with the frozen-feature cache), the train/val/test/predict steps, Dice/IoU
+metrics (per-image and pooled), the swapped-text adherence metric and the default optimiser.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from langseg.blocks.text_encoder import TextEncoder, TextFeatures
+from langseg.losses import bce_loss, dice_loss
+from langseg.metrics import SegmentationMetrics
+
+TEXT_ENCODER_PREFIX = "text_encoder."
+
+
+class LanguageGuidedSegmenter(L.LightningModule):
+    """Base module: ``forward(image (B,C,H,W), text: TextFeatures | None) -> logits (B,1,H,W)`` or a dict.
+
+    A dict output must hold ``"logits"``; other entries (pixel features, reconstructions) reach
+    ``compute_loss``. Subclasses may set ``text_padding = "max_length"`` when they need a fixed
+    number of tokens and ``text_hidden_states = True`` when they read every encoder layer.
+    """
+
+    text_padding: Literal["longest", "max_length"] = "longest"
+    text_hidden_states: bool = False
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        use_text: bool = True,
+        text_encoder: str = "minilm",
+        freeze_text_encoder: bool = True,
+        max_text_length: int = 32,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        threshold: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.in_channels = in_channels
+        self.use_text = use_text
+        self.text_encoder: TextEncoder | None = None
+        if use_text:
+            self.text_encoder = TextEncoder(text_encoder, freeze=freeze_text_encoder, max_length=max_text_length,
+                                            padding=self.text_padding, output_hidden_states=self.text_hidden_states)
+        self.val_metrics = SegmentationMetrics(threshold)
+        self.test_metrics = SegmentationMetrics(threshold)
+        self.test_swapped_metrics = SegmentationMetrics(threshold)
+
+    @property
+    def text_dim(self) -> int:
+        """Width C of the text encoder's features (0 without text)."""
+        return self.text_encoder.hidden_size if self.text_encoder is not None else 0
+
+    def encode_text(self, texts: list[str]) -> TextFeatures | None:
+        return self.text_encoder(texts) if self.text_encoder is not None else None
+
+    def forward(self, image: Tensor, text: TextFeatures | None) -> Tensor | dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(image, text)")
+
+    def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
+        """Loss terms; ``"loss"`` is the total that is optimised. Default: Dice + BCE on the logits."""
+        logits = outputs["logits"]
+        dice, bce = dice_loss(logits, mask), bce_loss(logits, mask)
+        return {"loss": self.hparams.dice_weight * dice + self.hparams.bce_weight * bce, "dice": dice, "bce": bce}
+
+    def segment(self, image: Tensor, texts: list[str] | None = None) -> dict[str, Tensor]:
+        """Encode ``texts`` and run the model; always returns a dict with ``"logits"``."""
+        out = self(image, self.encode_text(texts) if self.use_text else None)
+        return {"logits": out} if isinstance(out, Tensor) else dict(out)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        text = self.encode_text(batch["text"]) if self.use_text else None
+        out = self(batch["image"], text)
+        outputs = {"logits": out} if isinstance(out, Tensor) else out
+        losses = self.compute_loss(outputs, batch["mask"], text)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        return losses["loss"]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegmentationMetrics) -> Tensor:
+        text = self.encode_text(batch["text"]) if self.use_text else None
+        out = self(batch["image"], text)
+        outputs = {"logits": out} if isinstance(out, Tensor) else out
+        loss = self.compute_loss(outputs, batch["mask"], text)["loss"]
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        metrics.update(outputs["logits"], batch["mask"])
+        return outputs["logits"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self._eval_step(batch, "test", self.test_metrics)
+        if self.use_text and "swap_text" in batch:
+            logits = self.segment(batch["image"], batch["swap_text"])["logits"]
+        self.test_swapped_metrics.update(logits, batch["mask"])
+
+    def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> dict[str, Tensor]:
+        values = metrics.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        metrics.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+        self.log("test/dice_swapped_text", self.test_swapped_metrics.compute()["dice"])
+        self.test_swapped_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        prob = torch.sigmoid(self.segment(batch["image"], batch["text"])["logits"].float())
+        return {"id": batch["id"], "text": batch["text"], "orig_size": batch["orig_size"], "prob": prob,
+                "mask": prob > self.hparams.threshold}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW on the trainable parameters; an ``optimizer:``/``lr_scheduler:`` block in the CLI config replaces it."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen text-encoder weights are not saved: they are reloaded from their folder."""
+        if self.text_encoder is not None and self.text_encoder.frozen:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEXT_ENCODER_PREFIX)]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.text_encoder is not None and self.text_encoder.frozen:
+            for key, value in self.text_encoder.state_dict(prefix=TEXT_ENCODER_PREFIX).items():
+                checkpoint["state_dict"].setdefault(key, value)

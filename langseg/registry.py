@@ -1,0 +1,40 @@
+"""A timm-style model registry: ``register_model``, ``create_model``, ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, TypeVar
+
+from langseg.errors import ConfigError
+
+_MODELS: dict[str, Callable[..., Any]] = {}
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+def register_model(name: str) -> Callable[[T], T]:
+    """Register a LightningModule class (or a factory function) under ``name``."""
+
+    def wrap(obj: T) -> T:
+        if name in _MODELS and _MODELS[name] is not obj:
+            raise ConfigError(f"model name {name!r} is already registered to {_MODELS[name]!r}")
+        _MODELS[name] = obj
+        return obj
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of registered models matching a shell-style ``pattern``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_model_class(name: str) -> Callable[..., Any]:
+    """The class or factory registered under ``name``."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build a registered model, e.g. ``create_model("unet", in_channels=3)``."""
+    return get_model_class(name)(**kwargs)

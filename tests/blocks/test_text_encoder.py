@@ -1,0 +1,79 @@
+import logging
+
+import pytest
+import torch
+
+from langseg.blocks.text_encoder import TextEncoder
+from langseg.errors import ConfigError
+
+TEXTS = ["One infected area in the upper left lung.", "All lesions: bilateral pulmonary infection, three infected areas."]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TextEncoder:
+    return TextEncoder("tiny", output_hidden_states=True)
+
+
+def test_outputs_shapes_mask_and_hidden_states(tiny):
+    feats = tiny(TEXTS)
+    b, t, c = feats.tokens.shape
+    assert (b, c) == (2, tiny.hidden_size) and feats.mask.shape == (2, t) and feats.sentence.shape == (2, c)
+    assert feats.mask[1].all() and not feats.mask[0].all()  # the shorter text is padded
+    assert len(feats.hidden_states) == tiny.num_layers + 1
+    assert torch.all(feats.tokens[0][~feats.mask[0]] == 0)
+
+
+def test_padding_does_not_change_a_texts_features(tiny):
+    alone = tiny.__class__("tiny")._encode(TEXTS[:1])
+    batched = tiny.__class__("tiny")._encode(TEXTS)
+    n = int(alone.mask.sum())
+    assert torch.allclose(alone.tokens[0, :n], batched.tokens[0, :n], atol=1e-5)
+    assert torch.allclose(alone.sentence[0], batched.sentence[0], atol=1e-5)
+
+
+def test_frozen_encoder_encodes_each_text_once(monkeypatch):
+    enc = TextEncoder("tiny")
+    calls = []
+    original = enc.model.forward
+    monkeypatch.setattr(enc.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or original(*a, **k))
+    first = enc(TEXTS)
+    second = enc([TEXTS[1], TEXTS[0], TEXTS[1]])
+    assert calls == [2]
+    assert torch.allclose(second.tokens[1, : int(first.mask[0].sum())], first.tokens[0, : int(first.mask[0].sum())])
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_trainable_encoder_gets_gradients_and_is_not_cached():
+    enc = TextEncoder("tiny", freeze=False)
+    enc(TEXTS).sentence.sum().backward()
+    assert enc.model.embeddings.word_embeddings.weight.grad is not None
+    assert not enc._cache
+
+
+def test_fixed_padding_and_truncation_warning(caplog):
+    enc = TextEncoder("tiny", max_length=8, padding="max_length")
+    with caplog.at_level(logging.WARNING):
+        feats = enc(TEXTS)
+    assert feats.tokens.shape[1] == 8 and feats.mask.shape == (2, 8)
+    assert "truncated to max_length=8" in caplog.text
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    enc = TextEncoder("tiny")
+    enc.train()
+    assert not enc.model.training
+
+
+def test_missing_path_says_what_to_pass(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist: pass text_encoder='minilm'"):
+        TextEncoder(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="no config.json"):
+        TextEncoder(str(tmp_path))
+
+
+def test_packaged_default_is_minilm_384d():
+    enc = TextEncoder("minilm")
+    feats = enc(["left lung", "right lung", "the liver"])
+    assert feats.tokens.shape[-1] == enc.hidden_size == 384 and enc.num_layers == 6
+    sim = torch.nn.functional.cosine_similarity
+    assert sim(feats.sentence[0], feats.sentence[1], dim=0) > sim(feats.sentence[0], feats.sentence[2], dim=0)

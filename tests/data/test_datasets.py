@@ -1,0 +1,139 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from langseg.data import (ImageTextMaskDataModule, ImageTextMaskDataset, SyntheticReferringDataModule,
+                          SyntheticReferringDataset, derangement)
+from langseg.data.synthetic import make_referring_sample
+from langseg.errors import DataError
+
+
+def test_synthetic_is_deterministic_and_splits_differ():
+    a = SyntheticReferringDataset(4, image_size=32, seed=3)[2]
+    b = SyntheticReferringDataset(4, image_size=32, seed=3)[2]
+    c = SyntheticReferringDataset(4, image_size=32, seed=3, split="val")[2]
+    assert torch.equal(a["image"], b["image"]) and a["text"] == b["text"]
+    assert not torch.equal(a["image"], c["image"])
+    assert a["image"].shape == (1, 32, 32) and a["mask"].shape == (1, 32, 32)
+
+
+def test_synthetic_mask_follows_the_text():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(200):
+        s = make_referring_sample(64, rng)
+        if s.text.startswith("Unilateral infection") or s.text.startswith("One infected area"):
+            cols = np.nonzero(s.mask)[1]
+            patient_left = " left lung" in s.text
+            assert (cols.mean() > 32) == patient_left, s.text  # patient's left is on the image's right
+            checked += 1
+    assert checked > 50
+
+
+def test_synthetic_single_lesion_texts_leave_other_lesions_out_of_the_mask():
+    rng = np.random.default_rng(1)
+    single = partial = 0
+    for _ in range(100):
+        s = make_referring_sample(64, rng)
+        if s.text.startswith(("One infected area", "The largest", "The smallest")):
+            single += 1
+            partial += int((s.image > 0.62).sum() > s.mask.sum() + 8)
+    assert single > 20 and partial == single
+
+
+def test_derangement_has_no_fixed_point():
+    for n in (2, 3, 17):
+        order = derangement(n, seed=n)
+        assert sorted(order) == list(range(n)) and all(i != j for i, j in enumerate(order))
+
+
+def test_generic_folder_loads(generic_folder):
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, in_channels=3, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 1, 32, 32)
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0} and len(batch["text"]) == 4
+    assert batch["orig_size"].tolist()[0] == [40, 40]
+    dm.setup("test")
+    item = dm.dataset("test")[0]
+    assert item["swap_text"] != item["text"] or len({dm.dataset("test").dataset.text_of(i) for i in range(4)}) == 1
+
+
+def _rewrite(folder, rows, header=("image", "mask", "text"), encoding="utf-8"):
+    with (folder / "train.csv").open("w", newline="", encoding=encoding) as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return folder / "train.csv"
+
+
+def _rows(folder):
+    with (folder / "train.csv").open(encoding="utf-8") as fh:
+        return [list(r.values()) for r in csv.DictReader(fh)]
+
+
+def test_missing_column_is_named(generic_folder):
+    path = _rewrite(generic_folder, [r[:2] for r in _rows(generic_folder)], header=("image", "mask"))
+    with pytest.raises(DataError, match=rf"{path}: missing column\(s\) text"):
+        ImageTextMaskDataset(path)
+
+
+def test_missing_image_names_row_and_file(generic_folder):
+    rows = _rows(generic_folder)
+    rows[1][0] = "images/ghost.png"
+    path = _rewrite(generic_folder, rows)
+    with pytest.raises(DataError, match=r"row 3: image file .*ghost.png' not found"):
+        ImageTextMaskDataset(path)
+
+
+def test_empty_text_and_duplicate_rows(generic_folder):
+    rows = _rows(generic_folder)
+    path = _rewrite(generic_folder, [rows[0], [rows[1][0], rows[1][1], "  "]])
+    with pytest.raises(DataError, match=r"row 3: column 'text' is empty"):
+        ImageTextMaskDataset(path)
+    _rewrite(generic_folder, [rows[0], rows[1], rows[0]])
+    with pytest.raises(DataError, match=r"row 4: duplicates row 2"):
+        ImageTextMaskDataset(path)
+
+
+def test_non_utf8_csv(generic_folder):
+    rows = _rows(generic_folder)
+    rows[0][2] = "lésion à gauche"
+    path = _rewrite(generic_folder, rows, encoding="latin-1")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        ImageTextMaskDataset(path)
+
+
+def test_unreadable_image_and_mask_of_another_size(generic_folder):
+    (generic_folder / "images" / "train_0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"train_0.png: cannot read the image"):
+        ImageTextMaskDataset(generic_folder / "train.csv")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(generic_folder / "images" / "train_0.png")
+    Image.fromarray(np.zeros((20, 40), np.uint8)).save(generic_folder / "masks" / "train_1.png")
+    with pytest.raises(DataError, match=r"row 3: mask .*train_1.png' is 40x20 but its image is 40x40"):
+        ImageTextMaskDataset(generic_folder / "train.csv")
+
+
+def test_mask_with_more_than_two_levels(generic_folder):
+    Image.fromarray(np.arange(40 * 40, dtype=np.uint8).reshape(40, 40) % 3).save(generic_folder / "masks" / "train_2.png")
+    ds = ImageTextMaskDataset(generic_folder / "train.csv", image_size=32)
+    with pytest.raises(DataError, match=r"train_2.png: mask has values \{0, 1, 2\}; expected two levels"):
+        ds[2]
+
+
+def test_sixteen_bit_and_rgba_images_are_read(generic_folder):
+    Image.fromarray((np.ones((40, 40)) * 30000).astype(np.uint16)).save(generic_folder / "images" / "train_0.png")
+    Image.fromarray(np.full((40, 40, 4), 200, np.uint8), mode="RGBA").save(generic_folder / "images" / "train_1.png")
+    ds = ImageTextMaskDataset(generic_folder / "train.csv", image_size=16, mean=(0.0,), std=(1.0,))
+    assert torch.allclose(ds[0]["image"], torch.tensor(30000 / 65535), atol=1e-3)
+    assert torch.allclose(ds[1]["image"], torch.tensor(200 / 255), atol=1e-3)
+
+
+def test_missing_root_and_empty_split(tmp_path, generic_folder):
+    with pytest.raises(DataError, match="is not a folder"):
+        ImageTextMaskDataModule(str(tmp_path / "nowhere")).setup("fit")
+    with pytest.raises(DataError, match="the val split is empty"):
+        SyntheticReferringDataModule(num_train=2, num_val=0).setup("fit")
