@@ -1,0 +1,21 @@
+"""The quickstart notebook executes without error and draws its figure."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_runs(tmp_path):
+    copy = tmp_path / NOTEBOOK.name
+    shutil.copy(NOTEBOOK, copy)
+    nb = nbformat.read(copy, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "test/dice_swapped_text" in str(outputs[-1])
