@@ -28,6 +28,17 @@ def _one_line(err: BaseException) -> str:
     return last.split(f"{name}: ", 1)[-1] if "Original Traceback" in str(err) else " ".join(lines)
 
 
+def _find_langseg_error(err: BaseException) -> LangsegError | None:
+    """The LangsegError behind ``err``, following causes (jsonargparse wraps errors raised in ``__init__``)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LangsegError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``langseg`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -38,9 +49,12 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
     try:
         LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, args=argv, save_config_kwargs={"overwrite": True})
-    except LangsegError as err:
-        sys.stderr.write(f"langseg: error: {_one_line(err)}\n")
+                   subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True})
+    except Exception as err:
+        cause = _find_langseg_error(err)
+        if cause is None:
+            raise
+        sys.stderr.write(f"langseg: error: {_one_line(cause)}\n")
         sys.exit(2)
 
 

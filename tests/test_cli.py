@@ -1,6 +1,7 @@
 """End-to-end checks of the ``langseg`` command (run as ``python -m langseg`` in a subprocess)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ TINY = ["--trainer.max_epochs", "1", "--data.init_args.num_train", "16", "--data
 
 
 def langseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests" / "models")}  # makes test_base.TextGate importable
     return subprocess.run([sys.executable, "-m", "langseg", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def test_fit_then_test_prints_dice_miou_and_swapped_text(tmp_path):
@@ -45,6 +47,7 @@ def test_generic_folder_and_bf16_from_the_command_line(tmp_path, generic_folder)
     (["--data", "langseg.data.ImageTextMaskDataModule", "--data.root", "{tmp}/missing"], "is not a folder"),
     (["--model.init_args.bogus", "1"], "bogus"),
     (["--model", "langseg.models.NoSuchModel"], "NoSuchModel"),
+    (["--model", "test_base.TextGate", "--model.text_encoder", "{tmp}/cxr-bert"], "cxr-bert' does not exist: pass"),
 ])
 def test_bad_input_gives_one_clear_error(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
