@@ -1,11 +1,28 @@
 """Lightning callbacks shared by every method."""
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+import math
+import textwrap
 import time
+from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+from torch import Tensor
+
+from langseg.io import atomic_write, atomic_write_text
+from langseg.metrics import confusion_counts, dice_iou, hd95
 
 log = logging.getLogger("langseg")
 
@@ -26,3 +43,134 @@ class FitSummary(L.Callback):
                           ("val/dice", "val/miou", "val/dice_pooled", "val/miou_pooled") if k in metrics)
         log.info("fit finished in %.1f s after %d steps: %s", time.perf_counter() - self._start,
                  trainer.global_step, shown or "no validation metrics")
+
+
+def _denormalized(image: Tensor) -> np.ndarray:
+    """A model input ``(C, H, W)`` rescaled to uint8 ``(H, W, 3)`` for display."""
+    img = image.float()
+    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-6)
+    img = img[:1].expand(3, -1, -1) if img.shape[0] != 3 else img
+    return (img.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+
+
+def overlay_image(base: Image.Image, mask: np.ndarray, caption: str) -> Image.Image:
+    """``base`` with the mask tinted red, its contour in yellow, and ``caption`` in a band underneath."""
+    rgb = np.asarray(base.convert("RGB")).astype(np.float32)
+    tint = rgb.copy()
+    tint[mask] = 0.55 * rgb[mask] + 0.45 * np.array([255.0, 0.0, 0.0])
+    contour = mask & ~ndimage.binary_erosion(mask)
+    tint[contour] = (255, 230, 0)
+    picture = Image.fromarray(tint.astype(np.uint8))
+    font = ImageFont.load_default()
+    width = max(20, picture.width // 7)
+    lines = textwrap.wrap(caption, width=width) or [""]
+    band = 14 * len(lines) + 6
+    canvas = Image.new("RGB", (picture.width, picture.height + band), "black")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((3, picture.height + 3 + 14 * k), line, fill="white", font=font)
+    return canvas
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
+    ``overlays/<id>.png`` (original image, red tint + contour, the text as caption) under ``output_dir``.
+
+    Each file is written to a temporary name and renamed, so a crash leaves no half-written file and a
+    second run overwrites the first cleanly.
+    """
+
+    def __init__(self, output_dir: str = "predictions", overlay: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overlay = overlay
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        threshold = float(pl_module.hparams.get("threshold", 0.5))
+        for i, sample_id in enumerate(prediction["id"]):
+            h, w = (int(v) for v in prediction["orig_size"][i])
+            prob = F.interpolate(prediction["prob"][i:i + 1].float(), size=(h, w), mode="bilinear", align_corners=False)
+            mask = (prob[0, 0] > threshold).cpu().numpy()
+            atomic_write(self.output_dir / "masks" / f"{sample_id}.png",
+                         lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+            if not self.overlay:
+                continue
+            path = batch.get("image_path", [""] * len(prediction["id"]))[i]
+            if path:
+                with Image.open(path) as img:
+                    base = img.convert("RGB")
+            else:
+                base = Image.fromarray(_denormalized(batch["image"][i])).resize((w, h), Image.BILINEAR)
+            picture = overlay_image(base, mask, prediction["text"][i])
+            atomic_write(self.output_dir / "overlays" / f"{sample_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
+
+
+class TestReport(L.Callback):
+    """Saves ``<output_dir>/test_summary.json`` and ``test_per_image.csv`` after ``langseg test``.
+
+    Per image: Dice, IoU, Dice with the swapped text, HD95 (pixels, MONAI definition; NaN when exactly
+    one of prediction and mask is empty) and the TP/FP/FN counts. The summary holds the per-image means,
+    the pooled Dice/mIoU (from the summed counts), the mean HD95 over images where it is defined, and
+    the swapped-text Dice: the same definitions as the logged ``test/*`` metrics (docs/metrics.md).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, output_dir: str = "results", hd95: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.hd95 = hd95
+        self.rows: list[dict[str, Any]] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        threshold = float(pl_module.hparams.get("threshold", 0.5))
+        target = batch["mask"] > 0.5
+        pred = torch.sigmoid(outputs["logits"].float()) > threshold
+        swapped = torch.sigmoid(outputs["swapped_logits"].float()) > threshold
+        tp, fp, fn = confusion_counts(pred, target)
+        dice, iou = dice_iou(tp, fp, fn)
+        swapped_dice, _ = dice_iou(*confusion_counts(swapped, target))
+        pred_np, target_np = pred.cpu().numpy(), target.cpu().numpy()
+        for i, sample_id in enumerate(batch["id"]):
+            self.rows.append({
+                "id": sample_id, "text": batch["text"][i], "swap_text": batch.get("swap_text", [""] * len(pred))[i],
+                "dice": float(dice[i]), "iou": float(iou[i]), "dice_swapped_text": float(swapped_dice[i]),
+                "hd95": hd95(pred_np[i, 0], target_np[i, 0]) if self.hd95 else float("nan"),
+                "tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
+            })
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = self.rows
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[list[dict[str, Any]]] = [[] for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, rows)
+            unique = {(r["id"], r["text"]): r for part in gathered for r in part}  # the sampler pads with repeats
+            rows = list(unique.values())
+        if trainer.is_global_zero:
+            self._write(rows, pl_module)
+
+    def _write(self, rows: list[dict[str, Any]], pl_module: L.LightningModule) -> None:
+        n = max(len(rows), 1)
+        tp, fp, fn = (torch.tensor(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn"))
+        dice_pooled, iou_pooled = dice_iou(tp, fp, fn)
+        finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
+        summary = {
+            "model": type(pl_module).__name__, "split": "test", "images": len(rows),
+            "dice": sum(r["dice"] for r in rows) / n, "miou": sum(r["iou"] for r in rows) / n,
+            "dice_pooled": float(dice_pooled), "miou_pooled": float(iou_pooled),
+            "hd95": sum(finite) / len(finite) if finite else float("nan"), "hd95_defined_images": len(finite),
+            "dice_swapped_text": sum(r["dice_swapped_text"] for r in rows) / n,
+        }
+        atomic_write_text(self.output_dir / "test_summary.json", json.dumps(summary, indent=2) + "\n")
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.output_dir / "test_per_image.csv", buffer.getvalue())
+        log.info("test report written to %s: %s", self.output_dir,
+                 ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))

@@ -1,9 +1,11 @@
 """The ``langseg`` command: Lightning's CLI (fit/validate/test/predict) over every registered model and datamodule."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import warnings
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -11,6 +13,9 @@ from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import LangsegError
 from langseg.models.base import LanguageGuidedSegmenter
 from langseg.registry import list_models
+
+
+TOOLS = ("list-models", "data", "compare")
 
 
 class LangsegCLI(LightningCLI):
@@ -39,17 +44,64 @@ def _find_langseg_error(err: BaseException) -> LangsegError | None:
     return None
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> LangsegCLI:
+    """The Lightning CLI over every ``LanguageGuidedSegmenter`` and ``SegmentationDataModule`` subclass."""
+    kwargs: dict[str, Any] = {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
+    return LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
+                      subclass_mode_data=True, args=args, run=run, **kwargs)
+
+
+def _tools_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="langseg", description="langseg tools (fit/validate/test/predict "
+                                     "are Lightning's: langseg fit --help)")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    lm = sub.add_parser("list-models", help="registered model names")
+    lm.add_argument("pattern", nargs="?", default="*")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
+    conv = data.add_parser("convert", help="convert a dataset layout to the generic CSV format")
+    conv.add_argument("--format", choices=["lvit"], required=True, help="source layout")
+    conv.add_argument("src", help="source root (LViT: holds Train_Folder, Val_Folder, Test_Folder)")
+    conv.add_argument("dst", help="destination folder for train.csv, val.csv, test.csv")
+    conv.add_argument("--copy", action="store_true", help="copy images and masks instead of pointing at src")
+    cmp = sub.add_parser("compare", help="fit and test several configs; write a Markdown table and a bar chart")
+    cmp.add_argument("--configs", nargs="+", required=True)
+    cmp.add_argument("--data", help="a data config (YAML) replacing every config's data section")
+    cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png}")
+    cmp.add_argument("overrides", nargs=argparse.REMAINDER,
+                     help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
+    return parser
+
+
+def _run_tool(argv: list[str]) -> None:
+    opts = _tools_parser().parse_args(argv)
+    if opts.tool == "list-models":
+        sys.stdout.write("\n".join(list_models(opts.pattern)) + "\n")
+    elif opts.tool == "data":
+        from langseg.data.lvit import convert_lvit
+
+        counts = convert_lvit(opts.src, opts.dst, copy=opts.copy)
+        sys.stdout.write(f"wrote {opts.dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n")
+    else:
+        from langseg.compare import compare
+
+        extra = [a for a in opts.overrides if a != "--"]
+        if opts.data:
+            extra = ["--data", opts.data, *extra]
+        rows = compare(opts.configs, opts.output, extra)
+        sys.stdout.write(f"{len(rows)} configs compared: {opts.output}/comparison.md\n")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``langseg`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] in (["list-models"], ["list_models"]):
-        sys.stdout.write("\n".join(list_models(argv[1] if len(argv) > 1 else "*")) + "\n")
-        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     try:
-        LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True})
+        if argv[:1] and argv[0] in TOOLS:
+            _run_tool(argv)
+        else:
+            build_cli(args)
     except Exception as err:
         cause = _find_langseg_error(err)
         if cause is None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,6 +67,7 @@ class SyntheticReferringDataset(Dataset):
             "mask": torch.from_numpy(s.mask).float().unsqueeze(0),
             "text": s.text,
             "id": f"synthetic_{self.split_id}_{index:05d}",
+            "image_path": "",
             "orig_size": torch.tensor([self.image_size, self.image_size]),
         }
 
@@ -89,66 +92,95 @@ def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported pixel type {arr.dtype}; expected 8- or 16-bit images")
 
 
+def image_size_of(file: Path) -> tuple[int, int]:
+    """(width, height) from the file header, or a DataError naming the file."""
+    try:
+        with Image.open(file) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+
+
+def read_csv_records(path: Path) -> list[dict[str, Any]]:
+    """Raw rows of a generic-format CSV: ``image``/``mask`` resolved against the CSV's folder."""
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found; expected a CSV with columns image,mask,text")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {columns}, "
+                                f"expected image,mask,text")
+            raw = list(reader)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
+    return [{"image": path.parent / (rec["image"] or ""), "mask": path.parent / (rec["mask"] or ""),
+             "text": rec["text"], "where": f"{path} row {line}", "line": line, "key": (rec["image"], rec["mask"])}
+            for line, rec in enumerate(raw, start=2)]
+
+
+def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    """Check every record (text, duplicates, files, sizes); returns rows with ``size`` added.
+
+    Each record holds ``image``, ``mask`` (paths), ``text`` (raw cell), ``where`` ("file row N"), ``line``
+    and ``key`` (the row's file names, for duplicate detection).
+    """
+    if not records:
+        raise DataError(f"{source}: no rows; expected at least one image,mask,text row")
+    rows, seen = [], {}
+    for rec in records:
+        where, text = rec["where"], rec["text"]
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            text = ""
+        if not isinstance(text, str):
+            raise DataError(f"{where}: text is {text!r} ({type(text).__name__}); expected a string")
+        text = text.strip()
+        if not text:
+            raise DataError(f"{where}: column 'text' is empty; expected the referring text")
+        key = (*rec["key"], text)
+        if key in seen:
+            raise DataError(f"{where}: duplicates row {seen[key]} (same image, mask and text)")
+        seen[key] = rec["line"]
+        for col in ("image", "mask"):
+            if not rec[col].is_file():
+                raise DataError(f"{where}: {col} file '{rec[col]}' not found")
+        isize, msize = image_size_of(rec["image"]), image_size_of(rec["mask"])
+        if isize != msize:
+            raise DataError(f"{where}: mask '{rec['mask']}' is {msize[0]}x{msize[1]} but its image is "
+                            f"{isize[0]}x{isize[1]}; expected the same size")
+        rows.append({"image": rec["image"], "mask": rec["mask"], "text": text, "size": isize, "line": rec["line"]})
+    return rows
+
+
 class ImageTextMaskDataset(Dataset):
-    """Rows of a generic-format CSV (columns ``image,mask,text``, paths relative to the CSV).
+    """Image-mask-text rows: a generic-format CSV (columns ``image,mask,text``, paths relative to the CSV),
+    or ``records`` from another reader (see ``validate_records``).
 
     Every row is checked when the dataset is built (columns, empty text, duplicate rows, files present,
     image and mask of the same size); mask values are checked as each mask is read.
     """
 
-    def __init__(self, csv_path: str | Path, image_size: int = 224, in_channels: int = 1,
-                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,)) -> None:
-        self.csv_path = Path(csv_path)
+    def __init__(self, csv_path: str | Path | None = None, image_size: int = 224, in_channels: int = 1,
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
+                 records: list[dict[str, Any]] | None = None, source: str | Path | None = None) -> None:
         self.image_size = image_size
         self.in_channels = in_channels
         self.mean, self.std = mean, std
-        self.rows = self._read_rows()
-
-    def _read_rows(self) -> list[dict[str, Any]]:
-        path = self.csv_path
-        if not path.is_file():
-            raise DataError(f"{path}: split file not found; expected a CSV with columns image,mask,text")
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                columns = reader.fieldnames or []
-                missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-                if missing:
-                    raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {columns}, "
-                                    f"expected image,mask,text")
-                raw = list(reader)
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
-        if not raw:
-            raise DataError(f"{path}: no rows; expected at least one image,mask,text row")
-        rows, seen = [], {}
-        for line, rec in enumerate(raw, start=2):
-            where = f"{path} row {line}"
-            text = (rec.get("text") or "").strip()
-            if not text:
-                raise DataError(f"{where}: column 'text' is empty; expected the referring text")
-            key = (rec["image"], rec["mask"], text)
-            if key in seen:
-                raise DataError(f"{where}: duplicates row {seen[key]} (same image, mask and text)")
-            seen[key] = line
-            image, mask = path.parent / rec["image"], path.parent / rec["mask"]
-            for col, file in (("image", image), ("mask", mask)):
-                if not rec[col] or not file.is_file():
-                    raise DataError(f"{where}: {col} file '{file}' not found")
-            isize, msize = self._size(image), self._size(mask)
-            if isize != msize:
-                raise DataError(f"{where}: mask '{mask}' is {msize[0]}x{msize[1]} but its image is "
-                                f"{isize[0]}x{isize[1]}; expected the same size")
-            rows.append({"image": image, "mask": mask, "text": text, "size": isize, "line": line})
-        return rows
-
-    @staticmethod
-    def _size(file: Path) -> tuple[int, int]:
-        try:
-            with Image.open(file) as img:
-                return img.size
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+        if records is None:
+            if csv_path is None:
+                raise ValueError("ImageTextMaskDataset needs csv_path or records")
+            source = Path(csv_path)
+            records = read_csv_records(source)
+        self.source = Path(source or "records")
+        self.rows = validate_records(records, self.source)
+        stems = Counter(row["image"].stem for row in self.rows)
+        seen: Counter[str] = Counter()
+        for row in self.rows:  # one image with several texts: <stem>_0, <stem>_1, ...
+            stem = row["image"].stem
+            row["id"] = stem if stems[stem] == 1 else f"{stem}_{seen[stem]}"
+            seen[stem] += 1
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -188,7 +220,8 @@ class ImageTextMaskDataset(Dataset):
             "image": normalize(self.load_image(row["image"]), self.mean, self.std),
             "mask": self.load_mask(row["mask"]),
             "text": row["text"],
-            "id": row["image"].stem,
+            "id": row["id"],
+            "image_path": str(row["image"]),
             "orig_size": torch.tensor([row["size"][1], row["size"][0]]),
         }
 

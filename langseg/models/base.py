@@ -99,11 +99,12 @@ class LanguageGuidedSegmenter(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self._eval_step(batch, "test", self.test_metrics)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        logits = swapped = self._eval_step(batch, "test", self.test_metrics)
         if self.use_text and "swap_text" in batch:
-            logits = self.segment(batch["image"], batch["swap_text"])["logits"]
-        self.test_swapped_metrics.update(logits, batch["mask"])
+            swapped = self.segment(batch["image"], batch["swap_text"])["logits"]
+        self.test_swapped_metrics.update(swapped, batch["mask"])
+        return {"logits": logits, "swapped_logits": swapped}
 
     def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> dict[str, Tensor]:
         values = metrics.compute()

@@ -1,0 +1,51 @@
+"""Prediction writer and test report."""
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from langseg.callbacks import PredictionWriter, TestReport
+from langseg.data import ImageTextMaskDataModule
+from langseg.models import UNetBaseline
+
+
+def _model() -> UNetBaseline:
+    torch.manual_seed(0)
+    return UNetBaseline(decoder_channels=(16, 8, 8, 8, 8), encoder_depth=5)
+
+
+def _trainer(callback) -> L.Trainer:
+    return L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+
+
+def test_predict_writes_masks_at_original_size_and_overlays(tmp_path, generic_folder):
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=3, num_workers=0)
+    out = tmp_path / "pred"
+    for _ in range(2):  # a second run overwrites cleanly
+        _trainer(PredictionWriter(str(out))).predict(_model(), dm, return_predictions=False)
+    masks = sorted((out / "masks").iterdir())
+    assert [m.name for m in masks] == [f"test_{i}.png" for i in range(4)]
+    with Image.open(masks[0]) as mask:
+        assert mask.size == (40, 40) and set(np.unique(np.asarray(mask))) <= {0, 255}
+    with Image.open(out / "overlays" / "test_0.png") as overlay:
+        assert overlay.width == 40 and overlay.height > 40  # caption band below the image
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_test_report_holds_every_metric_and_matches_the_logged_ones(tmp_path, generic_folder):
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=3, num_workers=0)
+    (logged,) = _trainer(TestReport(str(tmp_path / "res"))).test(_model(), dm, verbose=False)
+    summary = json.loads((tmp_path / "res" / "test_summary.json").read_text())
+    for key in ("dice", "miou", "dice_pooled", "miou_pooled", "hd95", "dice_swapped_text"):
+        assert key in summary
+        if key != "hd95":
+            assert abs(summary[key] - logged[f"test/{key}"]) < 1e-5, key
+    with (tmp_path / "res" / "test_per_image.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == summary["images"] == 4
+    assert {"id", "text", "dice", "iou", "hd95", "dice_swapped_text"} <= set(rows[0])

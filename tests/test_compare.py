@@ -1,0 +1,28 @@
+"""``langseg compare`` trains and tests each config and writes a table with one row per config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from langseg.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_compare_writes_one_row_per_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fpn = yaml.safe_load((REPO / "configs" / "unet.yaml").read_text())
+    fpn["model"]["init_args"] = {"arch": "FPN", "encoder_name": "resnet18"}
+    (tmp_path / "fpn.yaml").write_text(yaml.safe_dump(fpn))
+    tiny = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            "--data.init_args.num_train", "16", "--data.init_args.num_val", "8", "--data.init_args.num_test", "8",
+            "--data.init_args.image_size", "32", "--data.init_args.num_workers", "0"]
+    main(["compare", "--configs", str(REPO / "configs" / "unet.yaml"), "fpn.yaml", "--output", "cmp", "--", *tiny])
+    table = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| `")]
+    assert len(rows) == 2 and "unet.yaml" in rows[0] and "fpn.yaml" in rows[1]
+    data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert data[0]["params_m"] != data[1]["params_m"] and all(r["gflops"] > 0 for r in data)
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
