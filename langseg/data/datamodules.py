@@ -5,12 +5,35 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
 from langseg.errors import DataError
 
 Split = Literal["train", "val", "test"]
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled order that depends only on ``(seed, epoch)``, and that can skip what a resumed epoch already saw.
+
+    A ``DistributedSampler`` (one replica unless DDP is running), so Lightning keeps it rather than
+    wrapping it; ``seed`` defaults to torch's initial seed (what ``seed_everything`` set). ``resume``
+    is ``(epoch, samples_seen_per_replica)`` from a checkpoint: that epoch starts after those samples.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int | None = None, resume: tuple[int, int] | None = None) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        super().__init__(dataset, num_replicas=None if distributed else 1, rank=None if distributed else 0,
+                         shuffle=True, seed=torch.initial_seed() % 2**63 if seed is None else seed)
+        self.resume = resume
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.resume is not None and self.resume[0] == self.epoch:
+            indices = indices[self.resume[1]:]
+        return iter(indices)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -29,6 +52,19 @@ class SegmentationDataModule(L.LightningDataModule):
         self.swap_seed = swap_seed
         self.predict_split = predict_split
         self.datasets: dict[str, Dataset] = {}
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its epoch, so that a resumed run skips the batches already seen."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "train_samples_seen": done * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if "epoch" in state:
+            self._resume = (state["epoch"], state["train_samples_seen"])
 
     def build_dataset(self, split: Split) -> Dataset:
         raise NotImplementedError
@@ -48,22 +84,28 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in splits:
             self.dataset(split)
 
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=False, drop_last=False)
+    def _loader(self, split: Split, train: bool = False) -> DataLoader:
+        dataset = self.dataset(split)
+        if train:
+            sampler: Sampler[int] | None = ResumableSampler(dataset, resume=self._resume)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # each sample evaluated exactly once
+        else:
+            sampler = None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
+        return self._loader(self.predict_split)
 
 
 class ImageTextMaskDataModule(SegmentationDataModule):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures
+from langseg.errors import ConfigError
 from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
 
@@ -29,6 +30,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
 
     text_padding: Literal["longest", "max_length"] = "longest"
     text_hidden_states: bool = False
+    size_divisor: int = 1  # input height/width must be a multiple of this (the network's total stride)
 
     def __init__(
         self,
@@ -130,14 +132,26 @@ class LanguageGuidedSegmenter(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
+    def setup(self, stage: str) -> None:
+        """Checks that the datamodule's ``image_size`` suits the network's stride, before any step runs."""
+        size = getattr(self.trainer.datamodule, "image_size", None) if self._trainer is not None else None
+        if size is not None and size % self.size_divisor:
+            raise ConfigError(f"data.image_size={size} is not a multiple of {self.size_divisor}, the total stride "
+                              f"of {type(self).__name__}; use e.g. {size - size % self.size_divisor or self.size_divisor}")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen text-encoder weights are not saved: they are reloaded from their folder."""
+        """Records the model class; frozen text-encoder weights are not saved (they are reloaded from their folder)."""
+        checkpoint["langseg_model"] = type(self).__name__
         if self.text_encoder is not None and self.text_encoder.frozen:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEXT_ENCODER_PREFIX)]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("langseg_model")
+        if saved is not None and saved != type(self).__name__:
+            raise ConfigError(f"the checkpoint holds a {saved} model, but the config builds {type(self).__name__}; "
+                              f"pass a checkpoint of the same model (or the config it was trained with)")
         if self.text_encoder is not None and self.text_encoder.frozen:
             for key, value in self.text_encoder.state_dict(prefix=TEXT_ENCODER_PREFIX).items():
                 checkpoint["state_dict"].setdefault(key, value)

@@ -24,6 +24,7 @@ class UNetBaseline(LanguageGuidedSegmenter):
         super().__init__(in_channels=in_channels, use_text=False, dice_weight=dice_weight, bce_weight=bce_weight,
                          threshold=threshold, lr=lr, weight_decay=weight_decay)
         extra = {"decoder_channels": list(decoder_channels)} if arch.lower().startswith("unet") else {}
+        self.size_divisor = 2**encoder_depth
         self.net = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=encoder_weights,
                                     encoder_depth=encoder_depth, in_channels=in_channels, classes=1, **extra)
 
