@@ -115,7 +115,7 @@ class LanguageGuidedVisionEncoder(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, text_dim: int = 768, dims: tuple[int, ...] = (64, 128, 320, 512),
-                 depths: tuple[int, ...] = (3, 3, 5, 2), mlp_ratios: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0),
+                 depths: tuple[int, ...] = (3, 3, 5, 2), mlp_ratios: tuple[float, ...] = (2.0, 2.0, 2.0, 2.0),
                  kernel_sizes: tuple[int, ...] = (7, 11, 21)) -> None:
         super().__init__()
         if not len(dims) == len(depths) == len(mlp_ratios):
