@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from langseg.profiling import count_macs, count_parameters
 
 PAPER_PARAMS_M, PAPER_FLOPS_G = 8.78, 8.91
 BERT_DIM, WORDS = 768, 20
-SIZES = (224, 256, 320, 352, 384, 480)
+SIZES = (224, 256, 352, 384, 480)
 # (label, regex on parameter / module names); the first match wins.
 GROUPS = (
     ("image stem (to H/4)", r"encoder\.stem"),
@@ -108,22 +107,20 @@ def complexity_section() -> list[str]:
     text_proj = BERT_DIM * 256 + 256
     lines += ["", f"Not counted: the training-only projection of L_avg for L_con ({text_proj / 1e6:.2f} M) "
               "and the text encoder. Input 3 channels; batch 1.", "",
-              "### Block by block (parameters; FLOPs at 384 x 384 and 480 x 480)", "",
-              "| block | params text (M) | params image-only (M) | G text @384 | G image-only @384 "
-              "| G text @480 | G image-only @480 |", "|---|---|---|---|---|---|---|"]
+              "### Block by block (parameters; FLOPs at 384 x 384)", "",
+              "| block | params text (M) | params image-only (M) | G text @384 | G image-only @384 |", "|---|---|---|---|---|"]
     p = {k: parameter_groups(n) for k, n in nets.items()}
     f384 = {k: flop_groups(n, 384) for k, n in nets.items()}
-    f480 = {k: flop_groups(n, 480) for k, n in nets.items()}
     keys = list(nets)
     for label, _ in (*GROUPS, ("other", "")):
         cells = [p[keys[0]].get(label, 0) / 1e6, p[keys[1]].get(label, 0) / 1e6, f384[keys[0]].get(label, 0) / 1e9,
-                 f384[keys[1]].get(label, 0) / 1e9, f480[keys[0]].get(label, 0) / 1e9, f480[keys[1]].get(label, 0) / 1e9]
+                 f384[keys[1]].get(label, 0) / 1e9]
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return lines
 
 
-def training_section(quick: bool) -> list[str]:
+def training_section(quick: bool, out: Path, head: list[str]) -> list[str]:
     epochs, num_train = (1, 128) if quick else (6, 1024)
     quick_args = dict(text_encoder="minilm", dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
                       decoder_channels=64, nmf_rank=8, lr=2e-3)
@@ -141,7 +138,13 @@ def training_section(quick: bool) -> list[str]:
         lines.append(f"| {label} | {result['test/dice']:.3f} | {result['test/miou']:.3f} | {swapped} | "
                      f"{result['fit_seconds']:.0f} |")
         print(lines[-1], flush=True)
+        _write(out, head + lines)  # keep what is measured so far
     return lines
+
+
+def _write(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -151,13 +154,11 @@ def main() -> None:
     args = parser.parse_args()
     command = "PYTHONPATH=. python benchmarks/lsms_figures.py" + (" --quick" if args.quick else "")
     lines = ["# LSMS figures", "", f"Machine: {machine()}", "", f"Command: `{command}`", ""]
-    lines += complexity_section()
+    lines += complexity_section() + [""]
     print("\n".join(lines), flush=True)
-    lines += [""] + training_section(args.quick)
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    sys.stdout.write(text)
+    _write(Path(args.out), lines)
+    lines += training_section(args.quick, Path(args.out), lines)
+    _write(Path(args.out), lines)
 
 
 if __name__ == "__main__":
