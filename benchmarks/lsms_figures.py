@@ -130,6 +130,7 @@ def training_section(quick: bool, out: Path, head: list[str]) -> list[str]:
              "64 x 64, batch 32, AdamW lr 2e-3, seed 0. The scaled-down model of `configs/lsms.yaml` "
              "(widths 16/32/64/96, blocks 1/1/2/1, FFN ratio 2, Hamburger 64 channels, NMF rank 8); text encoder "
              "minilm (frozen).", "",
+             "Fit times are wall-clock on 2 CPU cores shared with other jobs, so they are not a speed comparison.", "",
              "| variant | test Dice | test mIoU | test Dice, swapped text | fit time (s) |", "|---|---|---|---|---|"]
     for label, use_text in (("LSMS (text, L_con)", True), ("LSMS image-only", False)):
         torch.manual_seed(0)
