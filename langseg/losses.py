@@ -53,3 +53,34 @@ def boundary_weighted_dice_loss(
     edge = boundary_map(target, kernel_size)
     weight = boundary_weight * edge + (1.0 - edge)
     return dice_loss(logits, target, weight=weight)
+
+
+def pixel_text_contrastive_loss(
+    pixels: Tensor, text: Tensor, target: Tensor, temperature: float = 0.1, num_samples: int = 256,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Vision-language pixel contrastive loss (LSMS Eq. 14), InfoNCE form, in fp32.
+
+    ``pixels`` (B, C, h, w) pixel features, ``text`` (B, C) the projected mean word feature L_avg,
+    ``target`` (B, 1, H, W) binary mask (resized to h x w by nearest neighbour). Per image, at most
+    ``num_samples`` positive pixels p_i and ``num_samples`` negative pixels n_j are drawn; each p_i
+    is pulled to L_avg and pushed from every n_j: ``-log(e^{p.L/τ} / (e^{p.L/τ} + Σ_j e^{p.n_j/τ}))``
+    on L2-normalised features. Images without positive pixels are skipped; 0 if none has any.
+    """
+    pixels = F.normalize(pixels.float(), dim=1)
+    text = F.normalize(text.float(), dim=1)
+    target = F.interpolate(target.float(), size=pixels.shape[-2:], mode="nearest").flatten(1) > 0.5  # (B, h*w)
+    feats = pixels.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    terms = []
+    for b in range(pixels.shape[0]):
+        pos, neg = target[b].nonzero().squeeze(1), (~target[b]).nonzero().squeeze(1)
+        if pos.numel() == 0:
+            continue
+        pos = pos[torch.randperm(pos.numel(), device=pos.device, generator=generator)[:num_samples]]
+        neg = neg[torch.randperm(neg.numel(), device=neg.device, generator=generator)[:num_samples]]
+        p, n = feats[b, pos], feats[b, neg]  # (P, C), (N, C)
+        logits = torch.cat([p @ text[b, :, None], p @ n.T], dim=1) / temperature  # (P, 1 + N)
+        terms.append(torch.logsumexp(logits, dim=1) - logits[:, 0])
+    if not terms:
+        return pixels.sum() * 0.0
+    return torch.cat(terms).mean()

@@ -1,4 +1,8 @@
 """Reusable ``nn.Module`` blocks: tensors in, tensors out, nothing about training."""
+from langseg.blocks.full_scale_decoder import FullScaleDecoder
+from langseg.blocks.hamburger import NMF2D, Hamburger, HamburgerHead
+from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttention, SVLAEncoderBlock
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
 
-__all__ = ["TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
+__all__ = ["FullScaleDecoder", "Hamburger", "HamburgerHead", "LanguageGuidedVisionEncoder", "NMF2D",
+           "SVLAEncoderBlock", "ScaleAwareVLAttention", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
