@@ -1,4 +1,9 @@
 """Reusable ``nn.Module`` blocks: tensors in, tensors out, nothing about training."""
+from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
+                                        CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
+from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
-__all__ = ["TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
+__all__ = ["ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "CrossAttentionLayer",
+           "PixelLevelAttention", "TextEncoder", "TextFeatures", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder",
+           "resolve_text_encoder_path", "sample_weighted_mask"]
