@@ -62,14 +62,15 @@ def conditioned_similarity(v: Tensor, e: Tensor, w_v: Tensor, w_e: Tensor, word_
     ``v (B, N, C)`` patches with weights ``w_v (B, N)``, ``e (B, L, C)`` words with weights ``w_e (B, L)``;
     padding words (``word_mask`` False) never count.
     """
-    v = F.normalize(v.float(), dim=-1)
-    e = F.normalize(e.float(), dim=-1)
-    a = torch.einsum("anc,blc->abnl", v, e)  # (B_img, B_txt, N, L)
-    pad = ~word_mask[None, :, None, :]
-    patch_best = a.masked_fill(pad, float("-inf")).amax(-1)  # (B_img, B_txt, N): best real word per patch
-    word_best = a.amax(-2).masked_fill(~word_mask[None], 0.0)  # (B_img, B_txt, L): best patch per word
-    return 0.5 * (torch.einsum("abn,an->ab", patch_best, w_v.float())
-                  + torch.einsum("abl,bl->ab", word_best, w_e.float()))
+    with torch.autocast(v.device.type, enabled=False):
+        v = F.normalize(v.float(), dim=-1)
+        e = F.normalize(e.float(), dim=-1)
+        a = torch.einsum("anc,blc->abnl", v, e)  # (B_img, B_txt, N, L)
+        pad = ~word_mask[None, :, None, :]
+        patch_best = a.masked_fill(pad, float("-inf")).amax(-1)  # (B_img, B_txt, N): best real word per patch
+        word_best = a.amax(-2).masked_fill(~word_mask[None], 0.0)  # (B_img, B_txt, L): best patch per word
+        return 0.5 * (torch.einsum("abn,an->ab", patch_best, w_v.float())
+                      + torch.einsum("abl,bl->ab", word_best, w_e.float()))
 
 
 def conditioned_contrastive_loss(v: Tensor, e: Tensor, w_v: Tensor, w_e: Tensor, word_mask: Tensor,

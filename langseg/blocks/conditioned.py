@@ -47,12 +47,14 @@ class ConditionedAttention(nn.Module):
         q = self.q(query).view(b, nq, h, c // h).transpose(1, 2)  # (B, h, Nq, d)
         k = self.k(context).view(b, -1, h, c // h).transpose(1, 2)
         v = self.v(context).view(b, -1, h, c // h).transpose(1, 2)
-        logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(c // h)  # (B, h, Nq, Nk)
-        if condition is not None:
-            logits = logits + torch.log(condition.float().clamp_min(1e-12))[:, None, None, :]
-        if key_mask is not None:
-            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        attn = logits.softmax(-1).to(v.dtype)
+        with torch.autocast(query.device.type, enabled=False):
+            logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(c // h)  # (B, h, Nq, Nk)
+            if condition is not None:
+                logits = logits + torch.log(condition.float().clamp_min(1e-12))[:, None, None, :]
+            if key_mask is not None:
+                logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            attn = logits.softmax(-1)
+        attn = attn.to(v.dtype)
         return self.out((attn @ v).transpose(1, 2).reshape(b, nq, c))
 
 
