@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on 128 images, 3 timing repeats")
     args = parser.parse_args(argv)
-    epochs, num_train, repeats = (1, 128, 3) if args.quick else (5, 768, 10)
+    epochs, num_train, repeats = (1, 128, 3) if args.quick else (5, 512, 10)
 
     rows, tot = complexity()
     median, best = latency_ms(repeats=repeats)
