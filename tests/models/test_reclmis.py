@@ -13,12 +13,21 @@ TRAINING_ONLY = ("vision_reconstructor", "text_reconstructor", "interaction.visi
                  "interaction.woi_head")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscribing a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(**kwargs):
     torch.manual_seed(0)
     return RecLMIS(text_encoder="tiny", widths=WIDTHS, num_heads=4, **kwargs)
 
 
-def _batch(n=8, size=64):
+def _batch(n=8, size=32):
     dm = SyntheticReferringDataModule(num_train=n, image_size=size, num_workers=0)
     dm.setup("fit")
     items = [dm.dataset("train")[i] for i in range(n)]
@@ -44,7 +53,7 @@ def test_registered_and_logits_at_two_sizes():
 def test_inference_never_runs_the_reconstructors_or_the_vision_to_text_half():
     model = _model()
     calls = _hooks(model)
-    batch = _batch(4)
+    batch = _batch(4, size=32)
     model.eval()
     with torch.no_grad():
         logits = model.segment(batch["image"], batch["text"])["logits"]
@@ -65,8 +74,8 @@ def test_exported_inference_graph_holds_no_training_only_weights():
     assert not any("reconstructor" in k or "vision_to_text" in k or "_head" in k or "text_encoder" in k for k in keys)
     expected = sum(count_parameters(model.get_submodule(n)) for n in ("encoder", "decoder", "interaction.text_to_vision"))
     assert count_parameters(exported) == expected
-    assert count_parameters(exported) < count_parameters(model) - sum(
-        count_parameters(model.get_submodule(n)) for n in TRAINING_ONLY) + 1
+    training_only = sum(count_parameters(model.get_submodule(n)) for n in TRAINING_ONLY)
+    assert count_parameters(exported) + training_only == count_parameters(model)
 
 
 def test_training_masks_follow_the_ratios_and_padding_words_get_zero_weight():
@@ -120,11 +129,11 @@ def _reconstruction(model, batch, texts, seed):
 
 def test_reconstruction_losses_fall_and_are_higher_for_mismatched_text():
     model = _model()
-    batch = _batch(8)
-    history = _train(model, batch, 40)
+    batch = _batch(8, size=32)
+    history = _train(model, batch, 20)
     first, last = history[0], history[-1]
-    assert last["loss"] < 0.7 * first["loss"]
-    assert last["t2v"] < first["t2v"] and last["v2t"] < first["v2t"]
+    assert last["loss"] < first["loss"] and last["seg"] < first["seg"]
+    assert last["t2v"] < 0.5 * first["t2v"] and last["v2t"] < 0.5 * first["v2t"]
     swapped = batch["text"][1:] + batch["text"][:1]
     matched = torch.tensor([_reconstruction(model, batch, batch["text"], s) for s in range(5)]).mean(0)
     mismatched = torch.tensor([_reconstruction(model, batch, swapped, s) for s in range(5)]).mean(0)
@@ -156,7 +165,7 @@ def test_requires_text_and_sides_divisible_by_16():
 def test_configs_parse(config):
     cli = LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
                      subclass_mode_data=True, run=False,
-                     args=["--config", config, "--model.init_args.text_encoder", "tiny",
+                     args=["--config", config, "--model.init_args.text_encoder", "tiny", "--model.init_args.widths", "[4, 8, 16, 32, 32]",
                            "--trainer.logger", "false", "--trainer.callbacks", "[]"])
     assert isinstance(cli.model, RecLMIS) and cli.model.hparams.seg_weight == 5.0
     assert cli.model.hparams.augment == (config == "configs/reclmis_paper.yaml")
