@@ -2,7 +2,13 @@
 from langseg.blocks.full_scale_decoder import FullScaleDecoder
 from langseg.blocks.hamburger import NMF2D, Hamburger, HamburgerHead
 from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttention, SVLAEncoderBlock
+from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
+                                        CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
+from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
 __all__ = ["FullScaleDecoder", "Hamburger", "HamburgerHead", "LanguageGuidedVisionEncoder", "NMF2D",
            "SVLAEncoderBlock", "ScaleAwareVLAttention", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
+__all__ = ["ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "CrossAttentionLayer",
+           "PixelLevelAttention", "TextEncoder", "TextFeatures", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder",
+           "resolve_text_encoder_path", "sample_weighted_mask"]

@@ -4,3 +4,7 @@ from langseg.models.lsms import LSMS
 from langseg.models.unet import UNetBaseline
 
 __all__ = ["LSMS", "LanguageGuidedSegmenter", "UNetBaseline"]
+from langseg.models.reclmis import RecLMIS
+from langseg.models.unet import UNetBaseline
+
+__all__ = ["LanguageGuidedSegmenter", "RecLMIS", "UNetBaseline"]

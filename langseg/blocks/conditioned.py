@@ -1,0 +1,191 @@
+"""RecLMIS blocks: conditioned interaction (Eq. 1-3), weighted masking and conditioned reconstruction (Eq. 7, 9)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+def sine_position_encoding(height: int, width: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """Fixed 2D sine-cosine position code of a ``height x width`` grid, ``(H*W, dim)``; no parameters, any size."""
+    quarter = dim // 4
+    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1))
+    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
+                            torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1, 1) * freq, xs.reshape(-1, 1) * freq):
+        parts += [coord.sin(), coord.cos()]
+    code = torch.cat(parts, 1)  # (H*W, 4 * quarter)
+    return nn.functional.pad(code, (0, dim - code.shape[1]))
+
+
+class ConditionedAttention(nn.Module):
+    """Multi-head cross-attention ``softmax(Q K^T / sqrt(d) ⊙ W) V`` (Eq. 1, 7, 9), softmax in fp32.
+
+    The condition ``W`` (one weight per key, Eq. 7/9) multiplies the attention probabilities, which are
+    renormalised: ``softmax(QK^T/sqrt(d) + log W)``. Keys with ``key_mask`` False (padding words) get
+    weight zero. Without a condition this is plain masked cross-attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, context: Tensor, key_mask: Tensor | None = None,
+                condition: Tensor | None = None) -> Tensor:
+        """``query (B, Nq, C)``, ``context (B, Nk, C)``, ``key_mask (B, Nk)`` bool, ``condition (B, Nk)`` -> ``(B, Nq, C)``."""
+        b, nq, c = query.shape
+        h = self.num_heads
+        q = self.q(query).view(b, nq, h, c // h).transpose(1, 2)  # (B, h, Nq, d)
+        k = self.k(context).view(b, -1, h, c // h).transpose(1, 2)
+        v = self.v(context).view(b, -1, h, c // h).transpose(1, 2)
+        with torch.autocast(query.device.type, enabled=False):
+            logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(c // h)  # (B, h, Nq, Nk)
+            if condition is not None:
+                logits = logits + torch.log(condition.float().clamp_min(1e-12))[:, None, None, :]
+            if key_mask is not None:
+                logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            attn = logits.softmax(-1)
+        attn = attn.to(v.dtype)
+        return self.out((attn @ v).transpose(1, 2).reshape(b, nq, c))
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm transformer layer: (conditioned) cross-attention to a context, then an MLP, both residual."""
+
+    def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = ConditionedAttention(dim, num_heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None,
+                condition: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm_q(x), self.norm_kv(context), key_mask, condition)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class TextToVisionEncoder(nn.Module):
+    """Text-to-vision half of the conditioned interaction: ``V' = CA(query V, key/value E)`` (Eq. 1, roles swapped).
+
+    Projects the coarsest visual map (1x1 conv) and the words (width ``text_dim`` -> ``dim``, a 3-tap conv
+    over the word axis) to one width C, adds a fixed 2D position code to the patches, and attends from the
+    patches to the real words. This is the only part of the interaction kept at inference.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.vision_proj = nn.Conv2d(dim, dim, 1)
+        self.text_proj = nn.Conv1d(text_dim, dim, 3, padding=1)
+        self.layer = CrossAttentionLayer(dim, num_heads, mlp_ratio)
+
+    def project(self, vision: Tensor, words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Patch tokens ``(B, N, C)``, their position code ``(N, C)`` and word tokens ``(B, L, C)`` (zero at padding)."""
+        _, _, hgt, wid = vision.shape
+        v = self.vision_proj(vision).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        pos = sine_position_encoding(hgt, wid, self.dim, vision.device).to(v.dtype)
+        words = words * word_mask.unsqueeze(-1).to(words.dtype)
+        e = self.text_proj(words.transpose(1, 2)).transpose(1, 2) * word_mask.unsqueeze(-1).to(words.dtype)
+        return v, pos, e
+
+    def attend(self, v: Tensor, pos: Tensor, e: Tensor, word_mask: Tensor) -> Tensor:
+        """``V' (B, N, C)`` from projected patches and words."""
+        return self.layer(v + pos, e, word_mask)
+
+    def forward(self, vision: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """``vision (B, C, H, W)``, ``words (B, L, text_dim)``, ``word_mask (B, L)`` -> ``V'`` as ``(B, C, H, W)``."""
+        v, pos, e = self.project(vision, words, word_mask)
+        out = self.attend(v, pos, e, word_mask)
+        return out.transpose(1, 2).reshape(vision.shape)
+
+
+@dataclass
+class InteractionOutput:
+    """Everything the training losses need from the conditioned interaction; tokens are ``(B, N|L, C)``."""
+
+    vision_out: Tensor  # V' as (B, C, H, W), fed to the decoder
+    v: Tensor  # projected patches V (B, N, C)
+    pos: Tensor  # patch position code (N, C)
+    e: Tensor  # projected words E (B, L, C)
+    word_mask: Tensor  # (B, L) bool
+    w_poi: Tensor | None = None  # (B, N), sums to 1 (Eq. 2)
+    w_woi: Tensor | None = None  # (B, L), sums to 1 over real words, 0 at padding (Eq. 3)
+
+
+class ConditionedInteraction(nn.Module):
+    """Conditioned interaction (Eq. 1-3): text-to-vision and vision-to-text cross-attention, then the weights.
+
+    ``W_poi = softmax_N(MLP(V'))`` over patches and ``W_woi = softmax_L(MLP(E'))`` over real words (padding
+    words get zero weight), both in fp32. With ``conditions=False`` (inference) only the text-to-vision
+    half runs.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.text_to_vision = TextToVisionEncoder(dim, text_dim, num_heads, mlp_ratio)
+        self.vision_to_text = CrossAttentionLayer(dim, num_heads, mlp_ratio)
+        self.poi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+        self.woi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+
+    def forward(self, vision: Tensor, words: Tensor, word_mask: Tensor, conditions: bool = True) -> InteractionOutput:
+        v, pos, e = self.text_to_vision.project(vision, words, word_mask)
+        v_prime = self.text_to_vision.attend(v, pos, e, word_mask)  # (B, N, C)
+        out = InteractionOutput(v_prime.transpose(1, 2).reshape(vision.shape), v, pos, e, word_mask)
+        if conditions:
+            e_prime = self.vision_to_text(e, v + pos)  # Eq. 1: query E, key/value V -> (B, L, C)
+            out.w_poi = self.poi_head(v_prime).squeeze(-1).float().softmax(-1)  # Eq. 2
+            woi_logits = self.woi_head(e_prime).squeeze(-1).float().masked_fill(~word_mask, float("-inf"))
+            out.w_woi = woi_logits.softmax(-1)  # Eq. 3
+        return out
+
+
+@torch.no_grad()
+def sample_weighted_mask(weights: Tensor, ratio: float, valid: Tensor | None = None) -> Tensor:
+    """Pick ``max(1, floor(ratio * n_valid))`` positions per row without replacement, with probability ``weights``.
+
+    ``weights (B, N)`` >= 0; ``valid (B, N)`` bool (default all). Uses the Gumbel-top-k trick, which draws
+    exactly like sequential sampling without replacement; positions of zero weight are never picked
+    (a row picks fewer when it has fewer positive weights). Returns a ``(B, N)`` bool mask, True = masked.
+    """
+    if valid is None:
+        valid = torch.ones_like(weights, dtype=torch.bool)
+    w = weights.float().masked_fill(~valid, 0.0)
+    count = (valid.sum(1).float() * ratio).floor().clamp_min(1).long()
+    count = torch.minimum(count, (w > 0).sum(1))
+    gumbel = -torch.log(-torch.log(torch.rand_like(w).clamp(1e-20, 1.0 - 1e-7)))
+    scores = torch.log(w).masked_fill(w <= 0, float("-inf")) + gumbel
+    rank = scores.argsort(1, descending=True).argsort(1)  # rank of every position within its row
+    return rank < count.unsqueeze(1)
+
+
+class ConditionedReconstructor(nn.Module):
+    """Conditioned reconstructor Ψ (Eq. 7, 9): masked tokens query the other modality under its condition weights.
+
+    ``depth`` conditioned transformer layers (cross-attention weighted by the condition, then an MLP), a
+    final LayerNorm and a linear head back to the feature space of the target.
+    """
+
+    def __init__(self, dim: int, depth: int = 3, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CrossAttentionLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, masked: Tensor, context: Tensor, condition: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """``masked (B, Nq, C)`` (zeroed rows), ``context (B, Nk, C)``, ``condition (B, Nk)`` -> reconstruction ``(B, Nq, C)``."""
+        x = masked
+        for layer in self.layers:
+            x = layer(x, context, context_mask, condition)
+        return self.head(self.norm(x))

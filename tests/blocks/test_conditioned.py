@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+
+from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
+                                        sample_weighted_mask, sine_position_encoding)
+
+DIM, TEXT_DIM = 16, 12
+
+
+def _words(lengths, width=TEXT_DIM, pad_to=None):
+    total = pad_to or max(lengths)
+    mask = torch.arange(total)[None] < torch.tensor(lengths)[:, None]
+    return torch.randn(len(lengths), total, width) * mask[..., None], mask
+
+
+def test_attention_ignores_padding_keys_and_a_zero_condition_removes_a_key():
+    torch.manual_seed(0)
+    attn = ConditionedAttention(DIM, num_heads=4)
+    q, ctx = torch.randn(2, 5, DIM), torch.randn(2, 6, DIM)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    out = attn(q, ctx, mask)
+    junk = ctx.clone()
+    junk[1, 4:] = 100.0
+    assert torch.allclose(out, attn(q, junk, mask), atol=1e-5)
+    cond = torch.full((2, 6), 1.0 / 6)
+    assert torch.allclose(attn(q, ctx, None, cond), attn(q, ctx), atol=1e-5)  # uniform condition = none
+    cond = torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0, 0.0]] * 2)
+    kept = attn(q, ctx[:, 1:3], None, cond[:, 1:3])
+    assert torch.allclose(attn(q, ctx, None, cond), kept, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_interaction_shapes_and_condition_weights(size):
+    torch.manual_seed(0)
+    ci = ConditionedInteraction(DIM, TEXT_DIM, num_heads=4)
+    words, mask = _words([5, 3])
+    out = ci(torch.randn(2, DIM, size, size), words, mask)
+    assert out.vision_out.shape == (2, DIM, size, size)
+    assert out.v.shape == (2, size * size, DIM) and out.e.shape == (2, 5, DIM)
+    assert torch.allclose(out.w_poi.sum(1), torch.ones(2)) and torch.allclose(out.w_woi.sum(1), torch.ones(2))
+    assert out.w_woi.dtype == torch.float32 and out.w_poi.dtype == torch.float32
+    assert (out.w_woi[~mask] == 0).all() and (out.w_woi[mask] > 0).all()  # padding words get zero weight
+
+
+def test_padding_words_change_nothing_in_the_interaction():
+    torch.manual_seed(0)
+    ci = ConditionedInteraction(DIM, TEXT_DIM, num_heads=4).eval()
+    vision = torch.randn(2, DIM, 4, 4)
+    words, mask = _words([5, 3])
+    padded, padded_mask = torch.cat([words, torch.randn(2, 4, TEXT_DIM)], 1), torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], 1)
+    a, b = ci(vision, words, mask), ci(vision, padded, padded_mask)
+    assert torch.allclose(a.vision_out, b.vision_out, atol=1e-5)
+    assert torch.allclose(a.w_poi, b.w_poi, atol=1e-6)
+    assert torch.allclose(a.w_woi, b.w_woi[:, :5], atol=1e-6) and (b.w_woi[:, 5:] == 0).all()
+
+
+def test_interaction_without_conditions_runs_only_the_text_to_vision_half():
+    torch.manual_seed(0)
+    ci = ConditionedInteraction(DIM, TEXT_DIM, num_heads=4)
+    calls = []
+    for m in (ci.vision_to_text, ci.poi_head, ci.woi_head):
+        m.register_forward_hook(lambda *_: calls.append(1))
+    words, mask = _words([5, 3])
+    vision = torch.randn(2, DIM, 4, 4)
+    out = ci(vision, words, mask, conditions=False)
+    assert not calls and out.w_poi is None and out.w_woi is None
+    assert torch.allclose(out.vision_out, ci.text_to_vision(vision, words, mask), atol=1e-6)
+    ci(vision, words, mask)
+    assert len(calls) == 3
+
+
+def test_weighted_mask_respects_the_ratio_validity_and_zero_weights():
+    torch.manual_seed(0)
+    w = torch.rand(3, 16)
+    assert (sample_weighted_mask(w, 0.5).sum(1) == 8).all()
+    valid = torch.arange(10)[None] < torch.tensor([[10], [7], [2]])
+    picked = sample_weighted_mask(torch.rand(3, 10), 0.3, valid)
+    assert picked.sum(1).tolist() == [3, 2, 1]  # floor(0.3 * n), at least one
+    assert not (picked & ~valid).any()
+    w = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    for _ in range(20):
+        assert not sample_weighted_mask(w, 0.5)[0, [0, 3]].any()
+
+
+def test_weighted_mask_draws_heavy_positions_more_often():
+    torch.manual_seed(0)
+    w = torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05]]).expand(2000, -1)
+    freq = sample_weighted_mask(w, 0.2).float().mean(0)  # one pick per row: the frequency is the weight
+    assert torch.allclose(freq, w[0], atol=0.04)
+
+
+def test_reconstructor_reads_only_the_keys_its_condition_keeps():
+    torch.manual_seed(0)
+    rec = ConditionedReconstructor(DIM, depth=3, num_heads=4)
+    masked, ctx = torch.randn(2, 6, DIM), torch.randn(2, 5, DIM)
+    cond = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]] * 2)
+    other = ctx.clone()
+    other[:, [0, 2, 3, 4]] = torch.randn(2, 4, DIM)
+    out = rec(masked, ctx, cond)
+    assert out.shape == (2, 6, DIM)
+    assert torch.allclose(out, rec(masked, other, cond), atol=1e-5)
+    assert len(rec.layers) == 3
+
+
+def test_position_code_distinguishes_every_patch():
+    code = sine_position_encoding(4, 5, 16)
+    assert code.shape == (20, 16)
+    dist = torch.cdist(code, code).masked_fill(torch.eye(20, dtype=torch.bool), math.inf)
+    assert dist.min() > 0.1
