@@ -53,3 +53,12 @@ def boundary_weighted_dice_loss(
     edge = boundary_map(target, kernel_size)
     weight = boundary_weight * edge + (1.0 - edge)
     return dice_loss(logits, target, weight=weight)
+
+
+def roi_l1_loss(pseudo_image: Tensor, image: Tensor, target: Tensor) -> Tensor:
+    """Mean L1 distance between a generated image and the image inside the target ROI, ``|P - I * M|``.
+
+    Early fusion (arXiv 2510.12482) uses it, weighted by 0.1, to make the text's pseudo-image paint the
+    region the text refers to; ``target`` ``(B, 1, H, W)`` broadcasts over the image's channels.
+    """
+    return F.l1_loss(pseudo_image.float(), image.float() * target.float())
