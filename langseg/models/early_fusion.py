@@ -44,11 +44,11 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         arch: str = "Unet",
         encoder_name: str = "resnet18",
         encoder_weights: str | None = None,
-        encoder_depth: int = 5,
+        encoder_depth: int | None = None,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         augment: bool = True,
         hflip_prob: float = 0.5,
-        rotation_degrees: float = 15.0,
+        rotation_degrees: float | tuple[float, float] = 15.0,
         scale: tuple[float, float] = (0.9, 1.1),
         translate: float = 0.1,
         affine_prob: float = 0.5,
@@ -65,8 +65,10 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
                          weight_decay=weight_decay)
         self.generator = TextToPseudoImage(self.text_dim, in_channels) if use_text else None
         extra = {"decoder_channels": list(decoder_channels)} if arch.lower().startswith("unet") else {}
+        if encoder_depth is not None:  # None keeps the architecture's own depth (PSPNet: 3, most others: 5)
+            extra["encoder_depth"] = encoder_depth
         self.net = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=encoder_weights,
-                                    encoder_depth=encoder_depth, in_channels=in_channels * (2 if use_text else 1),
+                                    in_channels=in_channels * (2 if use_text else 1),
                                     classes=1, **extra)
         self.augmentation = None
         if augment:
