@@ -11,16 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.common import fit_and_test, machine  # noqa: E402
-from langseg.data import SyntheticReferringDataModule  # noqa: E402
-from langseg.models import EarlyFusionSegmenter  # noqa: E402
-from langseg.profiling import count_macs, count_parameters  # noqa: E402
+from benchmarks.common import fit_and_test, machine
+from langseg.data import SyntheticReferringDataModule
+from langseg.models import EarlyFusionSegmenter
+from langseg.profiling import count_macs, count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "early_fusion.md"

@@ -6,6 +6,7 @@ import torch
 
 from langseg.cli import main
 from langseg.data import SyntheticReferringDataModule
+from langseg.losses import roi_l1_loss
 from langseg.models import EarlyFusionSegmenter
 from langseg.registry import create_model
 
@@ -141,6 +142,12 @@ def test_roi_term_is_in_the_loss_and_loss_falls_on_a_tiny_batch():
         losses.append(terms["loss"].item())
         rois.append(terms["roi_l1"].item())
     assert losses[-1] < 0.7 * losses[0] and rois[-1] < rois[0]
+
+
+def test_roi_l1_loss_targets_the_image_inside_the_mask():
+    image, mask = torch.rand(2, 3, 16, 16), _square(n=2, size=16)
+    assert roi_l1_loss(image * mask, image, mask) == 0
+    assert torch.isclose(roi_l1_loss(image, image, mask), (image * (1 - mask)).mean())
 
 
 @pytest.mark.parametrize("name", ["early_fusion_unet", "early_fusion_fpn", "early_fusion_unet_paper"])
