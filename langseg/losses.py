@@ -118,3 +118,10 @@ def weighted_reconstruction_loss(pred: Tensor, target: Tensor, weight: Tensor) -
     """
     err = (pred.float() - target.float()).pow(2).mean(-1)  # (B, N)
     return (weight.float() * err).sum(1).mean()
+def roi_l1_loss(pseudo_image: Tensor, image: Tensor, target: Tensor) -> Tensor:
+    """Mean L1 distance between a generated image and the image inside the target ROI, ``|P - I * M|``.
+
+    Early fusion (arXiv 2510.12482) uses it, weighted by 0.1, to make the text's pseudo-image paint the
+    region the text refers to; ``target`` ``(B, 1, H, W)`` broadcasts over the image's channels.
+    """
+    return F.l1_loss(pseudo_image.float(), image.float() * target.float())

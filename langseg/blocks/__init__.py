@@ -4,6 +4,7 @@ from langseg.blocks.hamburger import NMF2D, Hamburger, HamburgerHead
 from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttention, SVLAEncoderBlock
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
                                         CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
+from langseg.blocks.pseudo_image import TextToPseudoImage
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
 from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
@@ -12,3 +13,4 @@ __all__ = ["FullScaleDecoder", "Hamburger", "HamburgerHead", "LanguageGuidedVisi
 __all__ = ["ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "CrossAttentionLayer",
            "PixelLevelAttention", "TextEncoder", "TextFeatures", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder",
            "resolve_text_encoder_path", "sample_weighted_mask"]
+__all__ = ["TextToPseudoImage", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]

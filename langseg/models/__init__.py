@@ -8,3 +8,7 @@ from langseg.models.reclmis import RecLMIS
 from langseg.models.unet import UNetBaseline
 
 __all__ = ["LanguageGuidedSegmenter", "RecLMIS", "UNetBaseline"]
+from langseg.models.early_fusion import EarlyFusionSegmenter
+from langseg.models.unet import UNetBaseline
+
+__all__ = ["EarlyFusionSegmenter", "LanguageGuidedSegmenter", "UNetBaseline"]

@@ -1,0 +1,158 @@
+from pathlib import Path
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from langseg.cli import main
+from langseg.data import SyntheticReferringDataModule
+from langseg.losses import roi_l1_loss
+from langseg.models import EarlyFusionSegmenter
+from langseg.registry import create_model
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCHS = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "DeepLabV3", "MAnet", "Linknet", "PSPNet", "UPerNet"]
+SMALL_UNET = (32, 16, 8, 8, 8)
+
+
+def _batch(n=4, size=32):
+    dm = SyntheticReferringDataModule(num_train=n, image_size=size, num_workers=0)
+    items = [dm.dataset("train")[i] for i in range(n)]
+    return {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
+            "text": [i["text"] for i in items]}
+
+
+def _model(**kwargs):
+    kwargs = {"text_encoder": "tiny", "decoder_channels": SMALL_UNET, **kwargs}
+    return EarlyFusionSegmenter(**kwargs)
+
+
+def _square(n=1, size=32):
+    x = torch.zeros(n, 1, size, size)
+    x[..., 4:12, 2:10] = 1.0  # off-centre, so flips and rotations move it
+    return x
+
+
+def test_registered_and_doubles_the_input_channels():
+    model = create_model("early_fusion", text_encoder="tiny", in_channels=3, decoder_channels=SMALL_UNET)
+    assert isinstance(model, EarlyFusionSegmenter)
+    assert model.net.encoder._in_channels == 6
+    assert model.generator.upsample[-2].out_channels == 3
+
+
+def test_horizontal_flip_moves_image_pseudo_image_and_mask_identically():
+    model = _model(hflip_prob=1.0, affine_prob=0.0)
+    square = _square()
+    image, pseudo, mask = model.augment(square, square.clone(), square.clone())
+    expected = square.flip(-1)
+    assert torch.equal(image, expected) and torch.equal(pseudo, expected) and torch.equal(mask, expected)
+
+
+def test_known_rotation_moves_image_pseudo_image_and_mask_identically():
+    model = _model(hflip_prob=0.0, affine_prob=1.0, rotation_degrees=(90.0, 90.0), translate=0.0, scale=(1.0, 1.0))
+    square = _square()
+    image, pseudo, mask = model.augment(square, square.clone(), square.clone())
+    expected = torch.rot90(square, -1, (-2, -1))  # kornia's +90 degrees
+    for out in (image, pseudo, mask):
+        assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_random_transforms_differ_per_sample_but_are_shared_by_the_three_tensors():
+    torch.manual_seed(0)
+    model = _model(hflip_prob=0.5, affine_prob=1.0, rotation_degrees=40.0)
+    square = _square(n=6)
+    image, pseudo, mask = model.augment(square, square.clone(), square.clone())
+    assert torch.allclose(image, pseudo)
+    agree = ((image > 0.5).float() == mask).float().mean(dim=(1, 2, 3))
+    assert (agree > 0.97).all()
+    assert len({tuple(m.flatten().tolist()) for m in mask}) > 1
+    assert not torch.equal(mask, square)
+
+
+def test_training_step_scores_the_augmented_mask_and_augments_the_generated_pseudo_image():
+    model = _model(hflip_prob=1.0, affine_prob=0.0)
+    batch = _batch()
+    seen = {}
+
+    def capture(outputs, mask, text):
+        seen.update(outputs=outputs, mask=mask, text=text)
+        return EarlyFusionSegmenter.compute_loss(model, outputs, mask, text)
+
+    model.compute_loss = capture
+    model.training_step(batch, 0)
+    assert torch.equal(seen["mask"], batch["mask"].flip(-1))
+    assert torch.equal(seen["outputs"]["image"], batch["image"].flip(-1))
+    pseudo = model.pseudo_image(seen["text"], batch["image"].shape[-2:])
+    assert torch.allclose(seen["outputs"]["pseudo_image"], pseudo.flip(-1))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_smp_arch_builds_and_trains_a_step(arch):
+    torch.manual_seed(0)
+    model = _model(arch=arch)
+    loss = model.training_step(_batch(n=2, size=32), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.generator.project.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.net.encoder.conv1.parameters())
+
+
+def test_without_text_it_is_the_plain_smp_model():
+    model = _model(use_text=False, arch="FPN")
+    assert model.text_encoder is None and model.generator is None
+    assert not any(name.startswith("generator") for name, _ in model.named_parameters())
+    plain = smp.create_model("FPN", encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=1)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    plain.load_state_dict(model.net.state_dict())
+    model.eval(), plain.eval()
+    image = _batch()["image"]
+    assert torch.equal(model.segment(image, None)["logits"], plain(image))
+    assert torch.isfinite(model.training_step(_batch(), 0))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_pseudo_image_has_the_input_size(size):
+    model = _model().eval()
+    batch = _batch(n=2, size=size)
+    out = model.segment(batch["image"], batch["text"])
+    assert out["pseudo_image"].shape == (2, 1, size, size) and out["logits"].shape == (2, 1, size, size)
+
+
+def test_the_text_changes_the_pseudo_image_and_the_prediction():
+    model = _model().eval()
+    image = _batch(n=1)["image"].expand(2, -1, -1, -1)
+    out = model.segment(image, ["One infected area in the upper left lung.", "All lesions: bilateral pulmonary infection."])
+    assert not torch.allclose(out["pseudo_image"][0], out["pseudo_image"][1])
+    assert not torch.allclose(out["logits"][0], out["logits"][1])
+
+
+def test_roi_term_is_in_the_loss_and_loss_falls_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = _model(augment=False, lr=0.02, roi_weight=0.1)
+    opt = model.configure_optimizers()
+    batch = _batch()
+    losses, rois = [], []
+    for _ in range(12):
+        out = model.segment(batch["image"], batch["text"])
+        terms = model.compute_loss(out, batch["mask"], None)
+        assert torch.allclose(terms["loss"], terms["dice"] + 0.1 * terms["roi_l1"])
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+        rois.append(terms["roi_l1"].item())
+    assert losses[-1] < 0.7 * losses[0] and rois[-1] < rois[0]
+
+
+def test_roi_l1_loss_targets_the_image_inside_the_mask():
+    image, mask = torch.rand(2, 3, 16, 16), _square(n=2, size=16)
+    assert roi_l1_loss(image * mask, image, mask) == 0
+    assert torch.isclose(roi_l1_loss(image, image, mask), (image * (1 - mask)).mean())
+
+
+@pytest.mark.parametrize("name", ["early_fusion_unet", "early_fusion_fpn", "early_fusion_unet_paper"])
+def test_configs_parse(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    assert "langseg.models.EarlyFusionSegmenter" in capsys.readouterr().out
