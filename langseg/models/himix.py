@@ -27,7 +27,6 @@ class HiMix(GuideDecoder):
                  heads: int = 8, sigma: float = 5.0, centred_fft: bool = True, head_channels: int = 24,
                  dice_weight: float = 1.0, bce_weight: float = 1.0, threshold: float = 0.5, lr: float = 3e-4,
                  weight_decay: float = 1e-2) -> None:
-        self._layer_opts = {"heads": heads, "sigma": sigma, "centred_fft": centred_fft}
         super().__init__(in_channels=in_channels, encoder_name=encoder_name, encoder_checkpoint=encoder_checkpoint,
                          text_encoder=text_encoder, freeze_text_encoder=freeze_text_encoder,
                          max_text_length=max_text_length, text_tokens=text_tokens, head_channels=head_channels,
@@ -38,7 +37,9 @@ class HiMix(GuideDecoder):
 
     def build_guide(self, stage: int, channels: int, text_tokens: tuple[int, int], self_heads: int,
                     cross_heads: int) -> nn.Module:
-        return HiMixLayer(channels, self.text_dim, text_tokens, **self._layer_opts)
+        hp = self.hparams  # saved by the base __init__, before the stages are built
+        return HiMixLayer(channels, self.text_dim, text_tokens, heads=hp.heads, sigma=hp.sigma,
+                          centred_fft=hp.centred_fft)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         if text.hidden_states is None:
