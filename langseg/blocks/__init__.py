@@ -5,6 +5,8 @@ from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttenti
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
                                         CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
 from langseg.blocks.pseudo_image import TextToPseudoImage
+from langseg.blocks.guide import GuideLayer, SubpixelHead, TextTokenProjection, UpBlock
+from langseg.blocks.himix import FrequencyRefinement, HiMixLayer, LayerGroupMixer
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
 from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
@@ -14,3 +16,5 @@ __all__ = ["ConditionedAttention", "ConditionedInteraction", "ConditionedReconst
            "PixelLevelAttention", "TextEncoder", "TextFeatures", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder",
            "resolve_text_encoder_path", "sample_weighted_mask"]
 __all__ = ["TextToPseudoImage", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
+__all__ = ["GuideLayer", "SubpixelHead", "TextTokenProjection", "UpBlock", "FrequencyRefinement", "HiMixLayer",
+           "LayerGroupMixer", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]

@@ -2,6 +2,8 @@
 from langseg.models.base import LanguageGuidedSegmenter
 from langseg.models.lsms import LSMS
 from langseg.models.unet import UNetBaseline
+from langseg.models.guidedecoder import GuideDecoder
+from langseg.models.himix import HiMix
 
 __all__ = ["LSMS", "LanguageGuidedSegmenter", "UNetBaseline"]
 from langseg.models.reclmis import RecLMIS
@@ -12,3 +14,4 @@ from langseg.models.early_fusion import EarlyFusionSegmenter
 from langseg.models.unet import UNetBaseline
 
 __all__ = ["EarlyFusionSegmenter", "LanguageGuidedSegmenter", "UNetBaseline"]
+__all__ = ["LanguageGuidedSegmenter", "UNetBaseline", "GuideDecoder", "HiMix"]

@@ -1,0 +1,152 @@
+"""GuideDecoder blocks (Zhong et al., MICCAI 2023): text token projection, guide layer, up-block, sub-pixel head."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+GUIDE_SCALE_INIT = 1.421
+
+
+def sine_position_encoding(length: int, dim: int, device: torch.device | None = None,
+                           dtype: torch.dtype = torch.float32) -> Tensor:
+    """Transformer sine/cosine encoding of ``length`` positions, ``(length, dim)`` (Vaswani et al., Eq. 5)."""
+    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return pe.to(dtype)
+
+
+class TextTokenProjection(nn.Module):
+    """Text to the guide layer's tokens: a 1x1 Conv1d over ``in_tokens`` -> ``out_tokens``, GELU, Linear, LeakyReLU.
+
+    Padding words are zeroed first, so their content never reaches the projected tokens.
+    """
+
+    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int) -> None:
+        super().__init__()
+        self.in_tokens = in_tokens
+        self.tokens = nn.Sequential(nn.Conv1d(in_tokens, out_tokens, 1), nn.GELU())
+        self.channels = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
+
+    def forward(self, text: Tensor, mask: Tensor) -> Tensor:
+        if text.shape[1] != self.in_tokens:
+            raise ValueError(f"the text projection expects {self.in_tokens} tokens, got {text.shape[1]}: "
+                             "encode text with padding='max_length' and the same max_text_length")
+        text = text * mask.unsqueeze(-1).to(text.dtype)
+        return self.channels(self.tokens(text))  # (B, T, Ct) -> (B, L, C)
+
+
+class PositionalSelfAttention(nn.Module):
+    """Self-attention on pre-normalised visual tokens with sine PE on Q and K only, then LayerNorm (the update)."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(channels)
+
+    def forward(self, vis: Tensor, pos: Tensor) -> Tensor:
+        x = self.norm_in(vis)
+        return self.norm_out(self.attn(x + pos, x + pos, x, need_weights=False)[0])
+
+
+class PositionalCrossAttention(nn.Module):
+    """Vision -> text attention: Q = norm(vis) + PE, K = text + PE, V = text, padded words masked; then LayerNorm."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(channels)
+
+    def forward(self, vis: Tensor, vis_pos: Tensor, text: Tensor, text_pos: Tensor,
+                text_mask: Tensor | None = None) -> Tensor:
+        padding = None if text_mask is None else ~text_mask
+        out = self.attn(self.norm_in(vis) + vis_pos, text + text_pos, text, key_padding_mask=padding,
+                        need_weights=False)[0]
+        return self.norm_out(out)
+
+
+def flatten_tokens(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, C, H, W) -> (B, H*W, C)`` tokens and their ``(1, H*W, C)`` sine position encoding."""
+    b, c, h, w = x.shape
+    return x.flatten(2).transpose(1, 2), sine_position_encoding(h * w, c, x.device, x.dtype).unsqueeze(0)
+
+
+class GuideLayer(nn.Module):
+    """Guide layer: visual self-attention, then cross-attention to the projected text with a learnable residual scale.
+
+    ``text_tokens`` (in, out) sets the Conv1d token projection (fixed token count); with None, the
+    words are only projected in width and the cross-attention masks padded words.
+    """
+
+    def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int] | None, self_heads: int = 1,
+                 cross_heads: int = 4) -> None:
+        super().__init__()
+        self.text_proj: nn.Module
+        if text_tokens is None:
+            self.text_proj = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
+        else:
+            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens)
+        self.self_attn = PositionalSelfAttention(channels, self_heads)
+        self.cross_attn = PositionalCrossAttention(channels, cross_heads)
+        self.scale = nn.Parameter(torch.tensor(GUIDE_SCALE_INIT))
+
+    def project_text(self, text: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Projected text ``(B, L, C)`` and the key padding mask to use (None once tokens are mixed)."""
+        if isinstance(self.text_proj, TextTokenProjection):
+            return self.text_proj(text, mask), None
+        return self.text_proj(text), mask
+
+    def forward(self, vis: Tensor, text: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = vis.shape
+        txt, txt_mask = self.project_text(text, mask)
+        x, pos = flatten_tokens(vis)
+        txt_pos = sine_position_encoding(txt.shape[1], c, vis.device, vis.dtype).unsqueeze(0)
+        x = x + self.self_attn(x, pos)
+        x = x + self.scale * self.cross_attn(x, pos, txt, txt_pos, txt_mask)
+        return x.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ConvBNAct(nn.Sequential):
+    """3x3 conv, BatchNorm, LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                         nn.LeakyReLU(0.01, inplace=True))
+
+
+class UpBlock(nn.Module):
+    """Decoder up-block (UNETR-style): 2x2 transposed conv, concat the skip, two conv-BN-LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, skip_channels: int | None = None) -> None:
+        super().__init__()
+        skip_channels = out_channels if skip_channels is None else skip_channels
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
+        self.convs = nn.Sequential(ConvBNAct(out_channels + skip_channels, out_channels),
+                                   ConvBNAct(out_channels, out_channels))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class SubpixelHead(nn.Module):
+    """Sub-pixel upsampling head: 3x3 conv to ``r^2 * mid`` channels, pixel shuffle x``r``, blur, 1x1 conv to logits."""
+
+    def __init__(self, in_channels: int, mid_channels: int = 24, scale: int = 4, out_channels: int = 1) -> None:
+        super().__init__()
+        self.shuffle = nn.Sequential(nn.Conv2d(in_channels, mid_channels * scale**2, 3, padding=1),
+                                     nn.PixelShuffle(scale))
+        # replicate-pad then average, removing the checkerboard of the shuffle (as MONAI's SubpixelUpsample)
+        self.blur = nn.Sequential(nn.ReplicationPad2d((scale - 1, 0, scale - 1, 0)), nn.AvgPool2d(scale, stride=1))
+        self.out = nn.Conv2d(mid_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.blur(self.shuffle(x)))  # (B, C, h, w) -> (B, 1, r*h, r*w)

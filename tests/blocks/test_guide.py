@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from langseg.blocks.guide import GuideLayer, SubpixelHead, TextTokenProjection, UpBlock
+
+
+def _text(b=2, t=8, c=16, lengths=(3, 8)):
+    mask = torch.arange(t).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return torch.randn(b, t, c) * mask.unsqueeze(-1), mask
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 6)])
+@pytest.mark.parametrize("tokens", [(8, 5), None])
+def test_guide_layer_keeps_the_visual_shape(size, tokens):
+    layer = GuideLayer(12, 16, tokens, self_heads=1, cross_heads=4)
+    vis = torch.randn(2, 12, *size)
+    assert layer(vis, *_text()).shape == vis.shape
+
+
+@pytest.mark.parametrize("tokens", [(8, 5), None])
+def test_padding_words_change_nothing(tokens):
+    torch.manual_seed(0)
+    layer = GuideLayer(12, 16, tokens).eval()
+    vis = torch.randn(2, 12, 4, 4)
+    text, mask = _text()
+    garbage = text + 5 * torch.randn_like(text) * (~mask).unsqueeze(-1)
+    torch.testing.assert_close(layer(vis, text, mask), layer(vis, garbage, mask))
+    real = layer(vis, text, mask)
+    changed = text.clone()
+    changed[0, 0] += 1.0
+    assert not torch.allclose(real, layer(vis, changed, mask))
+
+
+def test_extra_padding_changes_nothing_without_token_projection():
+    torch.manual_seed(0)
+    layer = GuideLayer(12, 16, None).eval()
+    vis = torch.randn(2, 12, 4, 4)
+    text, mask = _text()
+    longer = torch.cat([text, torch.randn(2, 4, 16)], 1)
+    longer_mask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], 1)
+    torch.testing.assert_close(layer(vis, text, mask), layer(vis, longer, longer_mask))
+
+
+def test_text_projection_maps_tokens_and_width_and_rejects_other_lengths():
+    proj = TextTokenProjection(16, 12, in_tokens=8, out_tokens=5)
+    assert proj(*_text()).shape == (2, 5, 12)
+    with pytest.raises(ValueError, match="max_length"):
+        proj(*_text(t=6, lengths=(3, 6)))
+
+
+def test_guide_residual_scale_receives_gradient():
+    layer = GuideLayer(12, 16, (8, 5))
+    layer(torch.randn(2, 12, 4, 4), *_text()).sum().backward()
+    assert layer.scale.grad is not None and layer.scale.grad.abs() > 0
+
+
+@pytest.mark.parametrize("size", [4, 7])
+def test_up_block_doubles_resolution_and_sets_channels(size):
+    block = UpBlock(32, 16)
+    out = block(torch.randn(2, 32, size, size), torch.randn(2, 16, 2 * size, 2 * size))
+    assert out.shape == (2, 16, 2 * size, 2 * size)
+
+
+@pytest.mark.parametrize(("size", "scale"), [(8, 4), (5, 2)])
+def test_subpixel_head_upsamples_to_one_channel(size, scale):
+    head = SubpixelHead(16, mid_channels=6, scale=scale)
+    assert head(torch.randn(2, 16, size, size)).shape == (2, 1, scale * size, scale * size)
