@@ -1,20 +1,18 @@
 """Reusable ``nn.Module`` blocks: tensors in, tensors out, nothing about training."""
-from langseg.blocks.full_scale_decoder import FullScaleDecoder
-from langseg.blocks.hamburger import NMF2D, Hamburger, HamburgerHead
-from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttention, SVLAEncoderBlock
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
                                         CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
-from langseg.blocks.pseudo_image import TextToPseudoImage
+from langseg.blocks.full_scale_decoder import FullScaleDecoder
 from langseg.blocks.guide import GuideLayer, SubpixelHead, TextTokenProjection, UpBlock
+from langseg.blocks.hamburger import NMF2D, Hamburger, HamburgerHead
 from langseg.blocks.himix import FrequencyRefinement, HiMixLayer, LayerGroupMixer
+from langseg.blocks.pseudo_image import TextToPseudoImage
+from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttention, SVLAEncoderBlock
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
 from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
-__all__ = ["FullScaleDecoder", "Hamburger", "HamburgerHead", "LanguageGuidedVisionEncoder", "NMF2D",
-           "SVLAEncoderBlock", "ScaleAwareVLAttention", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
 __all__ = ["ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "CrossAttentionLayer",
-           "PixelLevelAttention", "TextEncoder", "TextFeatures", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder",
+           "FrequencyRefinement", "FullScaleDecoder", "GuideLayer", "Hamburger", "HamburgerHead", "HiMixLayer",
+           "LanguageGuidedVisionEncoder", "LayerGroupMixer", "NMF2D", "PixelLevelAttention", "SVLAEncoderBlock",
+           "ScaleAwareVLAttention", "SubpixelHead", "TextEncoder", "TextFeatures", "TextToPseudoImage",
+           "TextTokenProjection", "TextToVisionEncoder", "UNetDecoder", "UNetEncoder", "UpBlock",
            "resolve_text_encoder_path", "sample_weighted_mask"]
-__all__ = ["TextToPseudoImage", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
-__all__ = ["GuideLayer", "SubpixelHead", "TextTokenProjection", "UpBlock", "FrequencyRefinement", "HiMixLayer",
-           "LayerGroupMixer", "TextEncoder", "TextFeatures", "resolve_text_encoder_path"]
