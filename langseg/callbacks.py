@@ -174,3 +174,41 @@ class TestReport(L.Callback):
         atomic_write_text(self.output_dir / "test_per_image.csv", buffer.getvalue())
         log.info("test report written to %s: %s", self.output_dir,
                  ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+
+
+class PerformanceOptions(L.Callback):
+    """Opt-in speed options: channels-last memory format for the model and its images, and ``torch.compile``.
+
+    ``compile`` wraps the model's ``forward`` (the text encoder and the Lightning loop stay eager).
+    Mixed precision is Lightning's own: ``--trainer.precision bf16-mixed``.
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last = channels_last
+        self.compile = compile
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile and not getattr(pl_module, "_langseg_compiled", False):
+            pl_module.forward = torch.compile(pl_module.forward)
+            pl_module._langseg_compiled = True
+
+    def _convert(self, batch: Any) -> None:
+        if self.channels_last and isinstance(batch, dict) and batch.get("image") is not None:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._convert(batch)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._convert(batch)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._convert(batch)
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                               batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._convert(batch)

@@ -34,5 +34,7 @@ class TextToPseudoImage(nn.Module):
         grid = self.project(sentence).view(-1, 1, self.base_size, self.base_size)  # (B, 1, 28, 28)
         pseudo = self.upsample(grid)  # (B, C, 224, 224)
         if size is not None and tuple(size) != tuple(pseudo.shape[-2:]):
-            pseudo = F.interpolate(pseudo, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+            # antialiased resize has no bf16 kernel on CPU: resize in fp32
+            pseudo = F.interpolate(pseudo.float(), size=tuple(size), mode="bilinear", align_corners=False,
+                                   antialias=True).to(pseudo.dtype)
         return pseudo

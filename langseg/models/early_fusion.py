@@ -67,6 +67,7 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         extra = {"decoder_channels": list(decoder_channels)} if arch.lower().startswith("unet") else {}
         if encoder_depth is not None:  # None keeps the architecture's own depth (PSPNet: 3, most others: 5)
             extra["encoder_depth"] = encoder_depth
+        self.size_divisor = 2 ** (encoder_depth or 5)
         self.net = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=encoder_weights,
                                     in_channels=in_channels * (2 if use_text else 1),
                                     classes=1, **extra)

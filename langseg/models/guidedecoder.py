@@ -37,6 +37,8 @@ class GuideDecoder(LanguageGuidedSegmenter):
 
     text_padding: Literal["longest", "max_length"] = "max_length"
 
+    size_divisor = 32
+
     def __init__(self, in_channels: int = 1, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
                  text_encoder: str = "minilm", freeze_text_encoder: bool = True, max_text_length: int = 24,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,

@@ -26,6 +26,8 @@ class LSMS(LanguageGuidedSegmenter):
     ``decoder_stages`` are 0-based stage indices fed to the decoder (paper: P2, P3, P4).
     """
 
+    size_divisor = 32
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -103,6 +103,7 @@ class RecLMIS(LanguageGuidedSegmenter):
             raise ConfigError("vision_mask_ratio and text_mask_ratio must lie in [0, 1]")
         dim = widths[-1]
         self.encoder = UNetEncoder(in_channels, widths)
+        self.size_divisor = 2 ** (len(widths) - 1)
         self.interaction = ConditionedInteraction(dim, self.text_dim, num_heads, mlp_ratio)
         self.decoder = UNetDecoder(widths)
         self.vision_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio)
