@@ -1,8 +1,7 @@
 """Writes examples/quickstart.ipynb (executed: ``python examples/make_quickstart.py``)."""
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+from notebook_tools import write_executed
 
 cells = [
     ("markdown", "# langseg quickstart\n\nTrain the image-only U-Net baseline for a few steps on the embedded "
@@ -32,10 +31,4 @@ cells = [
                  "measures it."),
     ("code", "(result,) = trainer.test(model, dm, verbose=False)\n{k: round(v, 3) for k, v in result.items()}"),
 ]
-nb = nbformat.v4.new_notebook()
-nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
-            for kind, src in cells]
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = Path(__file__).with_name("quickstart.ipynb")
-NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(out.parent)}}).execute()
-nbformat.write(nb, out)
+write_executed(cells, Path(__file__).with_name("quickstart.ipynb"))

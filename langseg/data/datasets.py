@@ -48,13 +48,17 @@ class SyntheticReferringDataset(Dataset):
         self.seed = seed
         self.split_id = SPLIT_IDS[split]
         self.mean, self.std = mean, std
+        self._memo: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return self.num_samples
 
     def _sample(self, index: int):
-        rng = np.random.default_rng([self.seed, self.split_id, index])
-        return make_referring_sample(self.image_size, rng)
+        """The sample at ``index``, generated once per process and then kept (about 8 KB at 64x64)."""
+        if index not in self._memo:
+            rng = np.random.default_rng([self.seed, self.split_id, index])
+            self._memo[index] = make_referring_sample(self.image_size, rng)
+        return self._memo[index]
 
     def text_of(self, index: int) -> str:
         return self._sample(index).text

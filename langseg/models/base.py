@@ -86,7 +86,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         losses = self.compute_loss(outputs, batch["mask"], text)
         bs = batch["image"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, on_step=False, on_epoch=True,
+                      batch_size=bs)
         return losses["loss"]
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegmentationMetrics) -> Tensor:
