@@ -26,7 +26,7 @@ cells = [
              "        ax.imshow(img, cmap=\"gray\")\n        ax.set_title(title, fontsize=9)\n        ax.axis(\"off\")\n"
              "    axes[row, 0].text(0, -12, batch[\"text\"][i], fontsize=8, wrap=True)\nfig.tight_layout()"),
     ("markdown", "The baseline cannot read the text, so where the text names one lesion of several it "
-                 "segments the wrong set. Text-guided methods (`langseg.list_models()` after their issues land, or "
+                 "segments the wrong set. Text-guided methods (the other names in `langseg.list_models()`, or "
                  "the 40-line FiLM example in `docs/extending.md`) close that gap; `test/dice_swapped_text` "
                  "measures it."),
     ("code", "(result,) = trainer.test(model, dm, verbose=False)\n{k: round(v, 3) for k, v in result.items()}"),

@@ -8,9 +8,9 @@ from notebook_tools import write_executed
 
 cells = [
     ("markdown", "# The mask follows the text\n\nLoad a trained early-fusion U-Net checkpoint (`configs/early_fusion_unet.yaml`; "
-                 "this notebook trains one first if `runs/early_fusion_unet/checkpoints/last.ckpt` is missing) and "
+                 "`langseg fit --config configs/early_fusion_unet.yaml` writes it to `runs/early_fusion_unet/checkpoints/last.ckpt`; if it is missing, this notebook trains one with the same settings) and "
                  "segment **one** test image with different texts: one zone, the other side, all lesions, the largest."),
-    ("code", "import os\nfrom pathlib import Path\n\nimport lightning as L\nimport matplotlib.pyplot as plt\nimport torch\n"
+    ("code", "import os\nfrom pathlib import Path\n\nimport lightning as L\nimport matplotlib.pyplot as plt\nimport torch\nimport yaml\n"
              "from lightning.pytorch.callbacks import ModelCheckpoint\n\n"
              "from langseg.data import SyntheticReferringDataModule\nfrom langseg.models import EarlyFusionSegmenter\n\n"
              "QUICK = os.environ.get(\"LANGSEG_NOTEBOOK_QUICK\") == \"1\"  # the test suite's seconds-long run\n"
@@ -20,7 +20,8 @@ cells = [
              "dm = SyntheticReferringDataModule(**data_args)\n"
              "if not CKPT.exists():\n"
              "    L.seed_everything(0)\n"
-             "    model = EarlyFusionSegmenter(text_encoder=\"tiny\" if QUICK else \"minilm\", decoder_channels=(128, 64, 32, 16, 8))\n"
+             "    args = yaml.safe_load(Path(\"../configs/early_fusion_unet.yaml\").read_text())[\"model\"][\"init_args\"]\n"
+             "    model = EarlyFusionSegmenter(**{**args, \"text_encoder\": \"tiny\" if QUICK else args[\"text_encoder\"]})\n"
              "    trainer = L.Trainer(max_epochs=1 if QUICK else 6, logger=False, enable_progress_bar=False,\n"
              "                        enable_model_summary=False,\n"
              "                        callbacks=[ModelCheckpoint(dirpath=CKPT.parent, save_last=True, save_top_k=0)])\n"

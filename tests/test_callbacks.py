@@ -49,3 +49,22 @@ def test_test_report_holds_every_metric_and_matches_the_logged_ones(tmp_path, ge
         rows = list(csv.DictReader(fh))
     assert len(rows) == summary["images"] == 4
     assert {"id", "text", "dice", "iou", "hd95", "dice_swapped_text"} <= set(rows[0])
+
+
+def test_channels_last_option_converts_model_and_images(generic_folder):
+    from langseg.callbacks import PerformanceOptions
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
+
+    model = _model()
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=4, num_workers=0)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, limit_val_batches=1,
+                        callbacks=[PerformanceOptions(channels_last=True), Probe()])
+    trainer.fit(model, dm)
+    conv = model.net.encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and seen and all(seen)
