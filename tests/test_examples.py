@@ -29,5 +29,5 @@ def test_text_steering_notebook_trains_saves_loads_and_segments_per_text(tmp_pat
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": path}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert (tmp_path / "runs" / "early_fusion_unet" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / "himix" / "checkpoints" / "last.ckpt").is_file()
     assert any("image/png" in o.get("data", {}) for o in outputs)
