@@ -45,7 +45,8 @@ def _trainer(**kw) -> L.Trainer:
 
 
 def test_every_registered_model_has_a_tiny_build():
-    assert set(langseg.list_models()) <= set(TINY)
+    builtin = {n for n in langseg.list_models() if langseg.get_model_class(n).__module__.startswith("langseg.")}
+    assert builtin == set(TINY)  # models registered by users (e.g. docs/extending.md's example) are not ours
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
