@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -29,3 +30,22 @@ def fit_and_test(model: L.LightningModule, max_epochs: int = 6, seed: int = 0, *
     elapsed = time.perf_counter() - start
     (result,) = trainer.test(model, dm, verbose=False)
     return {**{k: float(v) for k, v in result.items()}, "fit_seconds": elapsed}
+
+
+class SecondEpochTimer(L.Callback):
+    """Timestamps of every batch start of the second epoch, and of its end (workers warm, data cached)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == 1:
+            self.stamps.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == 1:
+            self.stamps.append(time.perf_counter())
+
+    def median_step(self) -> float:
+        """Median seconds from one batch start to the next (data wait, step, logging and hooks)."""
+        return statistics.median(b - a for a, b in zip(self.stamps[:-1], self.stamps[1:]))

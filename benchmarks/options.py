@@ -7,15 +7,13 @@ the second epoch (batch start to batch start) for each option, one fresh model e
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import lightning as L
 
-from benchmarks.common import machine
+from benchmarks.common import SecondEpochTimer, machine
 from langseg.callbacks import PerformanceOptions
 from langseg.data import SyntheticReferringDataModule
 from langseg.models import UNetBaseline
@@ -24,28 +22,19 @@ OPTIONS = [("fp32", "32-true", {}), ("bf16-mixed", "bf16-mixed", {}), ("channels
            ("torch.compile", "32-true", {"compile": True})]
 
 
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.current_epoch == 1:
-            self.stamps.append(time.perf_counter())
-
-
 def main() -> None:
     warnings.filterwarnings("ignore")
     rows = []
     for name, precision, opts in OPTIONS:
         L.seed_everything(0, verbose=False)
-        timer = StepTimer()
+        timer = SecondEpochTimer()
         dm = SyntheticReferringDataModule(num_train=256, num_val=32, num_test=32, image_size=64, batch_size=32,
                                           num_workers=0)
         trainer = L.Trainer(max_epochs=2, precision=precision, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
                             callbacks=[PerformanceOptions(**opts), timer])
         trainer.fit(UNetBaseline(decoder_channels=(128, 64, 32, 16, 8)), dm)
-        step = statistics.median(b - a for a, b in zip(timer.stamps[:-1], timer.stamps[1:]))
+        step = timer.median_step()
         rows.append(f"| {name} | {1000 * step:.0f} | {float(trainer.callback_metrics['train/loss']):.3f} |")
     text = "\n".join([
         "# Speed options", "", f"Machine: {machine()}. Command: `PYTHONPATH=. python benchmarks/options.py`.", "",

@@ -142,6 +142,7 @@ def measure_overhead(quick: bool) -> dict:
     """Step time of ``Trainer.fit`` vs a bare loop over the same batches, same model (U-Net, resnet18)."""
     import lightning as L
 
+    from benchmarks.common import SecondEpochTimer
     from langseg.data import SyntheticReferringDataModule
     from langseg.models import UNetBaseline
 
@@ -149,28 +150,14 @@ def measure_overhead(quick: bool) -> dict:
     dm = SyntheticReferringDataModule(num_train=batch_size * steps, num_val=batch_size, image_size=size,
                                       batch_size=batch_size, num_workers=int(os.environ.get("BENCH_WORKERS", 2)))
 
-    class StepTimer(L.Callback):
-        """Batch-start timestamps of the second epoch (workers warm, synthetic samples generated)."""
-
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def on_train_batch_start(self, trainer, *args) -> None:
-            if trainer.current_epoch == 1:
-                self.stamps.append(time.perf_counter())
-
-        def on_train_epoch_end(self, trainer, *args) -> None:
-            if trainer.current_epoch == 1:
-                self.stamps.append(time.perf_counter())
-
     fit_steps, bare_steps = [], []
     for _ in range(3):  # alternate the two loops: this machine's speed drifts between runs by more than 10%
-        timer = StepTimer()
+        timer = SecondEpochTimer()
         L.seed_everything(0, verbose=False)
         trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
         trainer.fit(UNetBaseline(), dm)
-        fit_steps.append(statistics.median(b - a for a, b in zip(timer.stamps[:-1], timer.stamps[1:])))
+        fit_steps.append(timer.median_step())
         batches = list(dm.train_dataloader())
         L.seed_everything(0, verbose=False)
         model = UNetBaseline()

@@ -12,7 +12,6 @@ import copy
 from typing import Any, Mapping, Sequence
 
 import kornia.augmentation as K
-import torch
 from torch import Tensor, nn
 
 from langseg.blocks.conditioned import (ConditionedInteraction, ConditionedReconstructor, TextToVisionEncoder,
