@@ -50,10 +50,8 @@ def _train_steps(model, batch: dict, steps: int, device: torch.device, precision
         _sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            text = model.encode_text(batch["text"]) if model.use_text else None
-            out = model(batch["image"], text)
-            outputs = {"logits": out} if isinstance(out, torch.Tensor) else out
-            loss = model.compute_loss(outputs, batch["mask"], text)["loss"]
+            text = model.encode_text(batch["text"])
+            loss = model.compute_loss(model.run(batch["image"], text), batch["mask"], text)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,7 +91,7 @@ def measure_model(name: str, quick: bool, precision: str) -> dict:
     probe = _batch(flop_size, 1, device)
     model.eval()
     with torch.no_grad():
-        text = model.encode_text(probe["text"]) if model.use_text else None
+        text = model.encode_text(probe["text"])
         macs = count_macs(lambda: model(probe["image"], text))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -29,7 +29,7 @@ def run_config(config: str, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     sample = dm.dataset("val")[0]
     image = sample["image"].unsqueeze(0)
     with torch.no_grad():
-        text = model.encode_text([sample["text"]]) if model.use_text else None
+        text = model.encode_text([sample["text"]])
         model.eval()
         macs = count_macs(lambda: model(image, text))
     start = time.perf_counter()

@@ -62,8 +62,14 @@ class LanguageGuidedSegmenter(L.LightningModule):
         """Width C of the text encoder's features (0 without text)."""
         return self.text_encoder.hidden_size if self.text_encoder is not None else 0
 
-    def encode_text(self, texts: list[str]) -> TextFeatures | None:
-        return self.text_encoder(texts) if self.text_encoder is not None else None
+    def encode_text(self, texts: list[str] | None) -> TextFeatures | None:
+        """Features of ``texts`` (cached when the encoder is frozen); None for an image-only model."""
+        return self.text_encoder(texts) if self.text_encoder is not None and texts is not None else None
+
+    def run(self, image: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
+        """``forward`` with its output always as a dict holding ``"logits"``."""
+        out = self(image, text)
+        return {"logits": out} if isinstance(out, Tensor) else dict(out)
 
     def forward(self, image: Tensor, text: TextFeatures | None) -> Tensor | dict[str, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(image, text)")
@@ -76,24 +82,23 @@ class LanguageGuidedSegmenter(L.LightningModule):
 
     def segment(self, image: Tensor, texts: list[str] | None = None) -> dict[str, Tensor]:
         """Encode ``texts`` and run the model; always returns a dict with ``"logits"``."""
-        out = self(image, self.encode_text(texts) if self.use_text else None)
-        return {"logits": out} if isinstance(out, Tensor) else dict(out)
+        return self.run(image, self.encode_text(texts))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        text = self.encode_text(batch["text"]) if self.use_text else None
-        out = self(batch["image"], text)
-        outputs = {"logits": out} if isinstance(out, Tensor) else out
-        losses = self.compute_loss(outputs, batch["mask"], text)
-        bs = batch["image"].shape[0]
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, on_step=False, on_epoch=True,
-                      batch_size=bs)
+        text = self.encode_text(batch["text"])
+        losses = self.compute_loss(self.run(batch["image"], text), batch["mask"], text)
+        self.log_train_losses(losses, batch["image"].shape[0])
         return losses["loss"]
 
+    def log_train_losses(self, losses: Mapping[str, Tensor], batch_size: int) -> None:
+        """``train/loss`` every step (progress bar), the other terms as epoch means."""
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, on_step=False, on_epoch=True,
+                      batch_size=batch_size)
+
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegmentationMetrics) -> Tensor:
-        text = self.encode_text(batch["text"]) if self.use_text else None
-        out = self(batch["image"], text)
-        outputs = {"logits": out} if isinstance(out, Tensor) else out
+        text = self.encode_text(batch["text"])
+        outputs = self.run(batch["image"], text)
         loss = self.compute_loss(outputs, batch["mask"], text)["loss"]
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         metrics.update(outputs["logits"], batch["mask"])

@@ -106,12 +106,11 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Generate the pseudo-image, augment image, pseudo-image and mask jointly, segment, and score
         against the augmented mask (``forward`` never sees the mask, hence the override)."""
-        text = self.encode_text(batch["text"]) if self.use_text else None
+        text = self.encode_text(batch["text"])
         pseudo = self.pseudo_image(text, batch["image"].shape[-2:]) if self.generator is not None else None
         image, pseudo, mask = self.augment(batch["image"], pseudo, batch["mask"])
         losses = self.compute_loss(self.segment_fused(image, pseudo), mask, text)
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=image.shape[0])
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=image.shape[0])
+        self.log_train_losses(losses, image.shape[0])
         return losses["loss"]
 
     def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
