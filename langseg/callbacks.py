@@ -21,14 +21,21 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from torch import Tensor
 
-from langseg.io import atomic_write, atomic_write_text
+from langseg.files import atomic_write, atomic_write_text
 from langseg.metrics import confusion_counts, dice_iou, hd95
 
 log = logging.getLogger("langseg")
 
 
+def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str) -> Path:
+    """``output_dir`` when given, else ``<trainer.log_dir>/<name>``: the run's own folder (the logger's
+    version directory, or ``default_root_dir`` without a logger)."""
+    return Path(output_dir) if output_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / name
+
+
 class FitSummary(L.Callback):
-    """Logs, after ``fit``, the wall time and the last validation Dice/mIoU (per-image and pooled)."""
+    """Logs, after ``fit``, the wall time, the last validation Dice/mIoU (per-image and pooled) and where the
+    best and last checkpoints are."""
 
     def __init__(self) -> None:
         self._start = 0.0
@@ -43,6 +50,11 @@ class FitSummary(L.Callback):
                           ("val/dice", "val/miou", "val/dice_pooled", "val/miou_pooled") if k in metrics)
         log.info("fit finished in %.1f s after %d steps: %s", time.perf_counter() - self._start,
                  trainer.global_step, shown or "no validation metrics")
+        checkpoint = trainer.checkpoint_callback
+        for kind in ("best", "last"):
+            path = getattr(checkpoint, f"{kind}_model_path", "") if checkpoint is not None else ""
+            if path:
+                log.info("%s checkpoint: %s", kind, path)
 
 
 def _denormalized(image: Tensor) -> np.ndarray:
@@ -75,16 +87,24 @@ def overlay_image(base: Image.Image, mask: np.ndarray, caption: str) -> Image.Im
 
 class PredictionWriter(BasePredictionWriter):
     """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
-    ``overlays/<id>.png`` (original image, red tint + contour, the text as caption) under ``output_dir``.
+    ``overlays/<id>.png`` (original image, red tint + contour, the text as caption) under ``output_dir``
+    (default: the run's ``predictions/`` folder, beside its checkpoints).
 
     Each file is written to a temporary name and renamed, so a crash leaves no half-written file and a
     second run overwrites the first cleanly.
     """
 
-    def __init__(self, output_dir: str = "predictions", overlay: bool = True) -> None:
+    def __init__(self, output_dir: str | None = None, overlay: bool = True) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir_arg = output_dir
+        self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
         self.overlay = overlay
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.output_dir = run_output_dir(trainer, self.output_dir_arg, "predictions")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("predictions written to %s", self.output_dir)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -108,7 +128,8 @@ class PredictionWriter(BasePredictionWriter):
 
 
 class TestReport(L.Callback):
-    """Saves ``<output_dir>/test_summary.json`` and ``test_per_image.csv`` after ``langseg test``.
+    """Saves ``<output_dir>/test_summary.json`` and ``test_per_image.csv`` after ``langseg test``
+    (default ``output_dir``: the run's ``results/`` folder).
 
     Per image: Dice, IoU, Dice with the swapped text, HD95 (pixels, MONAI definition; NaN when exactly
     one of prediction and mask is empty) and the TP/FP/FN counts. The summary holds the per-image means,
@@ -118,10 +139,14 @@ class TestReport(L.Callback):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, output_dir: str = "results", hd95: bool = True) -> None:
-        self.output_dir = Path(output_dir)
+    def __init__(self, output_dir: str | None = None, hd95: bool = True) -> None:
+        self.output_dir_arg = output_dir
+        self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
         self.hd95 = hd95
         self.rows: list[dict[str, Any]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.output_dir = run_output_dir(trainer, self.output_dir_arg, "results")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []

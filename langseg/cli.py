@@ -1,28 +1,19 @@
-"""The ``langseg`` command: Lightning's CLI (fit/validate/test/predict) over every registered model and datamodule."""
+"""The ``langseg`` command: Lightning's fit/validate/test/predict, plus list-models, data and compare."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import warnings
-from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
-
-from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import LangsegError
-from langseg.models.base import LanguageGuidedSegmenter
-from langseg.registry import list_models
 
-
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (langseg fit --config configs/unet.yaml; every option: langseg fit --help)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split: metrics, swapped-text Dice, results files",
+    "predict": "write masks and overlays for a split",
+}
 TOOLS = ("list-models", "data", "compare")
-
-
-class LangsegCLI(LightningCLI):
-    """LightningCLI in subclass mode; ``data.in_channels`` feeds ``model.in_channels``."""
-
-    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
-        parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
 
 
 def _one_line(err: BaseException) -> str:
@@ -44,17 +35,12 @@ def _find_langseg_error(err: BaseException) -> LangsegError | None:
     return None
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LangsegCLI:
-    """The Lightning CLI over every ``LanguageGuidedSegmenter`` and ``SegmentationDataModule`` subclass."""
-    kwargs: dict[str, Any] = {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
-    return LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                      subclass_mode_data=True, args=args, run=run, **kwargs)
-
-
-def _tools_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="langseg", description="langseg tools (fit/validate/test/predict "
-                                     "are Lightning's: langseg fit --help)")
-    sub = parser.add_subparsers(dest="tool", required=True)
+def tools_parser() -> argparse.ArgumentParser:
+    """The parser of ``langseg --help`` and of the tools; fit/validate/test/predict are Lightning's own."""
+    parser = argparse.ArgumentParser(prog="langseg", description="Language-guided medical image segmentation.")
+    sub = parser.add_subparsers(dest="tool", required=True, metavar="COMMAND")
+    for name, text in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     lm = sub.add_parser("list-models", help="registered model names")
     lm.add_argument("pattern", nargs="?", default="*")
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
@@ -66,15 +52,17 @@ def _tools_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="fit and test several configs; write a Markdown table and a bar chart")
     cmp.add_argument("--configs", nargs="+", required=True)
     cmp.add_argument("--data", help="a data config (YAML) replacing every config's data section")
-    cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png}")
+    cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png} and the runs")
     cmp.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
     return parser
 
 
 def _run_tool(argv: list[str]) -> None:
-    opts = _tools_parser().parse_args(argv)
+    opts = tools_parser().parse_args(argv)
     if opts.tool == "list-models":
+        from langseg.registry import list_models
+
         sys.stdout.write("\n".join(list_models(opts.pattern)) + "\n")
     elif opts.tool == "data":
         from langseg.data.lvit import convert_lvit
@@ -95,13 +83,13 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``langseg`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     try:
-        if argv[:1] and argv[0] in TOOLS:
-            _run_tool(argv)
+        if not argv or argv[0] in ("-h", "--help") or argv[0] in TOOLS:
+            _run_tool(argv or ["--help"])
         else:
-            build_cli(args)
+            from langseg.lightning_cli import build_cli
+
+            build_cli(args)  # None: Lightning reads sys.argv itself
     except Exception as err:
         cause = _find_langseg_error(err)
         if cause is None:

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import torch
 
-from langseg.io import atomic_write, atomic_write_text
+from langseg.files import atomic_write, atomic_write_text
+from langseg.lightning_cli import build_cli
 from langseg.profiling import count_macs, count_parameters
 
 log = logging.getLogger("langseg")
@@ -19,19 +20,18 @@ COLUMNS = [("config", "config"), ("model", "model"), ("params_m", "params (M)"),
            ("miou_pooled", "mIoU pooled"), ("dice_swapped_text", "Dice, swapped text")]
 
 
-def run_config(config: str, extra_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Fit then test one config (CLI arguments ``extra_args`` appended); returns one table row."""
-    from langseg.cli import build_cli
-
-    cli = build_cli(["--config", config, *extra_args], run=False)
+def run_config(config: str, run_dir: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Fit then test one config (CLI arguments ``extra_args`` appended) with its outputs under ``run_dir``;
+    returns one table row."""
+    cli = build_cli(["--config", config, "--trainer.default_root_dir", str(run_dir), *extra_args], run=False)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     dm.setup("fit")
     sample = dm.dataset("val")[0]
     image = sample["image"].unsqueeze(0)
+    model.eval()  # MACs of the inference graph (training-only heads off)
     with torch.no_grad():
-        text = model.encode_text([sample["text"]])
-        model.eval()
-        macs = count_macs(lambda: model(image, text))
+        macs = count_macs(lambda: model(image, model.encode_text([sample["text"]])))
+    model.train()  # fit() keeps the mode it finds: back to training mode (BatchNorm, dropout)
     start = time.perf_counter()
     trainer.fit(model, dm)
     fit_seconds = time.perf_counter() - start
@@ -78,7 +78,7 @@ def compare(configs: Sequence[str], output_dir: str | Path, extra_args: Sequence
     rows = []
     for config in configs:
         log.info("compare: %s", config)
-        rows.append(run_config(config, extra_args))
+        rows.append(run_config(config, output_dir / Path(config).stem, extra_args))
     size = rows[0]["image_size"] if rows else 0
     note = (f"\nGFLOPs: multiply-adds of one forward pass at {size}x{size}, text encoder excluded. "
             f"Params exclude the text encoder. Dice/mIoU are per-image means; see docs/metrics.md.\n")

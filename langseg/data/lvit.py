@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from langseg.data.datamodules import SegmentationDataModule, Split
 from langseg.data.datasets import ImageTextMaskDataset, validate_records
 from langseg.errors import DataError
-from langseg.io import atomic_write, atomic_write_text
+from langseg.files import atomic_write, atomic_write_text
 
 LVIT_SPLITS = {"train": "Train", "val": "Val", "test": "Test"}
 LVIT_COLUMNS = ("Image", "Description")

@@ -1,11 +1,11 @@
-"""LightningModules, one file per method, all registered in ``langseg.registry``."""
+"""One file per method: its plain network (``nn.Module``) and its thin LightningModule, registered by name."""
 from langseg.models.base import LanguageGuidedSegmenter
-from langseg.models.early_fusion import EarlyFusionSegmenter
-from langseg.models.guidedecoder import GuideDecoder
-from langseg.models.himix import HiMix
-from langseg.models.lsms import LSMS
-from langseg.models.reclmis import RecLMIS
-from langseg.models.unet import UNetBaseline
+from langseg.models.early_fusion import EarlyFusionNet, EarlyFusionSegmenter
+from langseg.models.guidedecoder import GuideDecoder, GuideDecoderNet
+from langseg.models.himix import HiMix, HiMixNet
+from langseg.models.lsms import LSMS, LSMSNet
+from langseg.models.reclmis import RecLMIS, RecLMISNet
+from langseg.models.unet import SMPNet, UNetBaseline
 
-__all__ = ["EarlyFusionSegmenter", "GuideDecoder", "HiMix", "LSMS", "LanguageGuidedSegmenter", "RecLMIS",
-           "UNetBaseline"]
+__all__ = ["EarlyFusionNet", "EarlyFusionSegmenter", "GuideDecoder", "GuideDecoderNet", "HiMix", "HiMixNet", "LSMS",
+           "LSMSNet", "LanguageGuidedSegmenter", "RecLMIS", "RecLMISNet", "SMPNet", "UNetBaseline"]

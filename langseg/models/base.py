@@ -1,8 +1,9 @@
 """``LanguageGuidedSegmenter``: the shared LightningModule every method subclasses.
 
-A method overrides ``forward(image, text)`` (and ``compute_loss`` when it has extra losses); the base
-owns text encoding (with the frozen-feature cache), the train/val/test/predict steps, Dice/IoU
-metrics (per-image and pooled), the swapped-text adherence metric and the default optimiser.
+A method builds its plain network as ``self.net`` (``net(image, text) -> {"logits": ..., ...}``), owns
+its loss (``compute_loss``) and its defaults (optimiser, schedule, training-time augmentation). The base
+owns text encoding (with the frozen-feature cache), the train/val/test/predict steps, Dice/IoU metrics
+(per-image and pooled), the swapped-text adherence metric and the optimiser wiring.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Literal, Mapping
 
 import lightning as L
 import torch
-from torch import Tensor
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
 
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures
 from langseg.errors import ConfigError
@@ -18,19 +20,34 @@ from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
 
 TEXT_ENCODER_PREFIX = "text_encoder."
+NOT_HYPERPARAMETERS = ("optimizer", "lr_scheduler", "augmentation")  # callables/modules: the CLI's config.yaml keeps them
 
 
 class LanguageGuidedSegmenter(L.LightningModule):
-    """Base module: ``forward(image (B,C,H,W), text: TextFeatures | None) -> logits (B,1,H,W)`` or a dict.
+    """Base module: ``forward(image (B,C,H,W), text: TextFeatures | None) -> {"logits": (B,1,H,W), ...}``.
 
-    A dict output must hold ``"logits"``; other entries (pixel features, reconstructions) reach
-    ``compute_loss``. Subclasses may set ``text_padding = "max_length"`` when they need a fixed
-    number of tokens and ``text_hidden_states = True`` when they read every encoder layer.
+    Subclasses build ``self.net`` and may set ``text_padding = "max_length"`` (a fixed number of tokens),
+    ``text_hidden_states = True`` (every encoder layer), ``requires_text = True`` (no image-only mode)
+    and ``net_inputs`` (batch keys that ``transform_train_batch`` adds and the network reads).
+
+    Args:
+        in_channels: image channels (the CLI links it to ``data.in_channels``).
+        use_text: False builds no text encoder; the network sees ``text=None``.
+        text_encoder: ``"minilm"`` (packaged), ``"tiny"`` (tests) or a local transformers folder.
+        freeze_text_encoder: keep the text encoder fixed and cache each distinct text's features.
+        max_text_length: tokens kept per text (longer texts are truncated with a warning).
+        dice_weight, bce_weight: weights of the default Dice + BCE loss.
+        threshold: probability above which a pixel is foreground (metrics, predictions).
+        optimizer: builds the optimiser from the trainable parameters (``--model.optimizer``).
+        lr_scheduler: builds a scheduler from the optimiser, or None (``--model.lr_scheduler``).
+        augmentation: training-time batch transform ``augmentation(image, mask, *aligned) -> (image, mask,
+            *aligned)``; True = the method's paper default (``default_augmentation``), False = none.
     """
 
     text_padding: Literal["longest", "max_length"] = "longest"
     text_hidden_states: bool = False
-    size_divisor: int = 1  # input height/width must be a multiple of this (the network's total stride)
+    requires_text: bool = False
+    net_inputs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -42,13 +59,20 @@ class LanguageGuidedSegmenter(L.LightningModule):
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         threshold: float = 0.5,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
+        optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        augmentation: nn.Module | bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(NOT_HYPERPARAMETERS))
+        if self.requires_text and not use_text:
+            raise ConfigError(f"{type(self).__name__} cannot run without text (use_text=false); "
+                              f"use the 'unet' baseline for an image-only model")
         self.in_channels = in_channels
         self.use_text = use_text
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.augmentation = self.default_augmentation() if augmentation is True else augmentation or None
         self.text_encoder: TextEncoder | None = None
         if use_text:
             self.text_encoder = TextEncoder(text_encoder, freeze=freeze_text_encoder, max_length=max_text_length,
@@ -56,23 +80,35 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.val_metrics = SegmentationMetrics(threshold)
         self.test_metrics = SegmentationMetrics(threshold)
         self.test_swapped_metrics = SegmentationMetrics(threshold)
+        self.net: nn.Module | None = None
 
     @property
     def text_dim(self) -> int:
         """Width C of the text encoder's features (0 without text)."""
         return self.text_encoder.hidden_size if self.text_encoder is not None else 0
 
+    @property
+    def output_stride(self) -> int:
+        """Input height and width must be multiples of this: the network's total stride."""
+        return int(getattr(self.net, "output_stride", 1))
+
+    def default_augmentation(self) -> nn.Module | None:
+        """The method's paper augmentation, used when ``augmentation=True`` (called by the base ``__init__``,
+        so it may read only the base's attributes, e.g. ``in_channels``); none by default."""
+        return None
+
     def encode_text(self, texts: list[str] | None) -> TextFeatures | None:
         """Features of ``texts`` (cached when the encoder is frozen); None for an image-only model."""
         return self.text_encoder(texts) if self.text_encoder is not None and texts is not None else None
 
-    def run(self, image: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
-        """``forward`` with its output always as a dict holding ``"logits"``."""
-        out = self(image, text)
-        return {"logits": out} if isinstance(out, Tensor) else dict(out)
-
-    def forward(self, image: Tensor, text: TextFeatures | None) -> Tensor | dict[str, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(image, text)")
+    def forward(self, image: Tensor, text: TextFeatures | None, **net_inputs: Tensor) -> dict[str, Tensor]:
+        """The network's outputs: a dict holding ``"logits"`` and whatever ``compute_loss`` needs."""
+        if self.net is None:
+            raise NotImplementedError(f"{type(self).__name__} must build self.net (or override forward)")
+        if self.requires_text and text is None:
+            raise ConfigError(f"{type(self).__name__} needs text: pass texts to segment() or use a text-labelled dataset")
+        out = self.net(image, text, **net_inputs)
+        return {"logits": out} if isinstance(out, Tensor) else out
 
     def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
         """Loss terms; ``"loss"`` is the total that is optimised. Default: Dice + BCE on the logits."""
@@ -82,23 +118,30 @@ class LanguageGuidedSegmenter(L.LightningModule):
 
     def segment(self, image: Tensor, texts: list[str] | None = None) -> dict[str, Tensor]:
         """Encode ``texts`` and run the model; always returns a dict with ``"logits"``."""
-        return self.run(image, self.encode_text(texts))
+        return self(image, self.encode_text(texts))
+
+    def transform_train_batch(self, batch: dict[str, Any], text: TextFeatures | None) -> dict[str, Any]:
+        """Training-time transform of a batch on the device, after text encoding: ``augmentation`` applied
+        jointly to image and mask. Methods that feed the network more inputs (``net_inputs``) override it."""
+        if self.augmentation is None:
+            return batch
+        image, mask = self.augmentation(batch["image"], batch["mask"])[:2]
+        return {**batch, "image": image, "mask": mask}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         text = self.encode_text(batch["text"])
-        losses = self.compute_loss(self.run(batch["image"], text), batch["mask"], text)
-        self.log_train_losses(losses, batch["image"].shape[0])
-        return losses["loss"]
-
-    def log_train_losses(self, losses: Mapping[str, Tensor], batch_size: int) -> None:
-        """``train/loss`` every step (progress bar), the other terms as epoch means."""
+        batch = self.transform_train_batch(batch, text)
+        outputs = self(batch["image"], text, **{key: batch[key] for key in self.net_inputs})
+        losses = self.compute_loss(outputs, batch["mask"], text)
+        batch_size = batch["image"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, on_step=False, on_epoch=True,
                       batch_size=batch_size)
+        return losses["loss"]
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegmentationMetrics) -> Tensor:
         text = self.encode_text(batch["text"])
-        outputs = self.run(batch["image"], text)
+        outputs = self(batch["image"], text)
         loss = self.compute_loss(outputs, batch["mask"], text)["loss"]
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         metrics.update(outputs["logits"], batch["mask"])
@@ -133,17 +176,20 @@ class LanguageGuidedSegmenter(L.LightningModule):
         return {"id": batch["id"], "text": batch["text"], "orig_size": batch["orig_size"], "prob": prob,
                 "mask": prob > self.hparams.threshold}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW on the trainable parameters; an ``optimizer:``/``lr_scheduler:`` block in the CLI config replaces it."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """``optimizer`` over the trainable parameters, with ``lr_scheduler`` when one is set."""
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
 
     def setup(self, stage: str) -> None:
         """Checks that the datamodule's ``image_size`` suits the network's stride, before any step runs."""
         size = getattr(self.trainer.datamodule, "image_size", None) if self._trainer is not None else None
-        if size is not None and size % self.size_divisor:
-            raise ConfigError(f"data.image_size={size} is not a multiple of {self.size_divisor}, the total stride "
-                              f"of {type(self).__name__}; use e.g. {size - size % self.size_divisor or self.size_divisor}")
+        stride = self.output_stride
+        if size is not None and size % stride:
+            raise ConfigError(f"data.image_size={size} is not a multiple of {stride}, the total stride "
+                              f"of {type(self).__name__}; use e.g. {size - size % stride or stride}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Records the model class; frozen text-encoder weights are not saved (they are reloaded from their folder)."""

@@ -1,9 +1,11 @@
 """GuideDecoder (Zhong et al., "Ariadne's Thread", MICCAI 2023): a timm ConvNeXt encoder and a text-guided decoder."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import timm
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from langseg.blocks.guide import GuideLayer, SubpixelHead, UpBlock
@@ -26,53 +28,46 @@ def create_feature_encoder(encoder_name: str, in_channels: int, encoder_checkpoi
                           f"four feature stages: {err}") from err
 
 
-@register_model("guidedecoder")
-class GuideDecoder(LanguageGuidedSegmenter):
+class GuideDecoderNet(nn.Module):
     """Image encoder (timm, 4 stages) -> 3 decoder stages, each a guide layer then an up-block -> sub-pixel head.
 
-    The guide layers' Conv1d over tokens needs a fixed count, so text is padded to ``max_text_length``;
-    stage ``i`` projects it to ``text_tokens[i]`` tokens (24, 12, 9 in the paper). A 1-channel image is
-    repeated to 3 channels for the backbone, as the paper does for its ImageNet weights.
+    The guide layers' Conv1d over tokens needs a fixed count of ``max_text_length`` tokens; stage ``i``
+    projects them to ``text_tokens[i]`` tokens (24, 12, 9 in the paper). A 1-channel image is repeated
+    to 3 channels for the backbone, as the paper does for its ImageNet weights.
     """
 
-    text_padding: Literal["longest", "max_length"] = "max_length"
-
-    size_divisor = 32
-
-    def __init__(self, in_channels: int = 1, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
-                 text_encoder: str = "minilm", freeze_text_encoder: bool = True, max_text_length: int = 24,
-                 text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
-                 head_channels: int = 24, dice_weight: float = 1.0, bce_weight: float = 1.0, threshold: float = 0.5,
-                 lr: float = 3e-4, weight_decay: float = 1e-2) -> None:
-        super().__init__(in_channels=in_channels, use_text=True, text_encoder=text_encoder,
-                         freeze_text_encoder=freeze_text_encoder, max_text_length=max_text_length,
-                         dice_weight=dice_weight, bce_weight=bce_weight, threshold=threshold, lr=lr,
-                         weight_decay=weight_decay)
+    def __init__(self, in_channels: int = 1, text_dim: int = 384, encoder_name: str = "convnext_tiny",
+                 encoder_checkpoint: str | None = None, max_text_length: int = 24,
+                 text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24, **guide_args: Any) -> None:
+        super().__init__()
         if len(text_tokens) != 3:
             raise ConfigError(f"text_tokens needs one token count per decoder stage (3), got {list(text_tokens)}")
+        self.text_dim = text_dim
         self.encoder_in_channels = 3 if in_channels == 1 else in_channels
         self.encoder = create_feature_encoder(encoder_name, self.encoder_in_channels, encoder_checkpoint)
         channels = self.encoder.feature_info.channels()  # fine to coarse, e.g. 96, 192, 384, 768
         reduction = self.encoder.feature_info.reduction()[0]
-        self.text_tokens = tuple(text_tokens)
-        self.guides = nn.ModuleList(self.build_guide(i, channels[3 - i], (max_text_length, text_tokens[i]),
-                                                     self_heads=self_heads, cross_heads=cross_heads)
+        self.guides = nn.ModuleList(self.build_guide(channels[3 - i], (max_text_length, text_tokens[i]), **guide_args)
                                     for i in range(3))
         self.ups = nn.ModuleList(UpBlock(channels[3 - i], channels[2 - i]) for i in range(3))
         self.head = SubpixelHead(channels[0], head_channels, scale=reduction)
 
-    def build_guide(self, stage: int, channels: int, text_tokens: tuple[int, int], self_heads: int,
-                    cross_heads: int) -> nn.Module:
-        """The guide layer of decoder stage ``stage`` (0 = coarsest)."""
+    @property
+    def output_stride(self) -> int:
+        return self.encoder.feature_info.reduction()[-1]
+
+    def build_guide(self, channels: int, text_tokens: tuple[int, int], self_heads: int = 1,
+                    cross_heads: int = 4) -> nn.Module:
+        """The guide layer of one decoder stage."""
         return GuideLayer(channels, self.text_dim, text_tokens, self_heads, cross_heads)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         """The text features each decoder stage reads, coarsest first: the last hidden state for all."""
         return [text.tokens] * 3
 
-    def forward(self, image: Tensor, text: TextFeatures | None) -> Tensor:
+    def forward(self, image: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
         if text is None:
-            raise ValueError(f"{type(self).__name__} needs text features")
+            raise ConfigError(f"{type(self).__name__} needs text features")
         if image.shape[1] != self.encoder_in_channels:
             image = image.expand(-1, self.encoder_in_channels, -1, -1)  # grayscale -> 3 channels
         feats = self.encoder(image)  # fine to coarse
@@ -82,4 +77,35 @@ class GuideDecoder(LanguageGuidedSegmenter):
         logits = self.head(x)
         if logits.shape[-2:] != image.shape[-2:]:
             logits = nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        return {"logits": logits}
+
+
+@register_model("guidedecoder")
+class GuideDecoder(LanguageGuidedSegmenter):
+    """GuideDecoder: a ``GuideDecoderNet`` trained with Dice + BCE; paper recipe AdamW at 3e-4 with cosine
+    annealing (200 epochs, to 1e-6). Text is padded to ``max_text_length`` tokens."""
+
+    text_padding: Literal["longest", "max_length"] = "max_length"
+    requires_text = True
+
+    def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
+                 text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
+                 head_channels: int = 24, max_text_length: int = 24,
+                 optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
+                 lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
+                     optimizer, T_max=200, eta_min=1e-6),
+                 **kwargs: Any) -> None:
+        super().__init__(max_text_length=max_text_length, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        self.net = GuideDecoderNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, max_text_length,
+                                   text_tokens, head_channels, self_heads=self_heads, cross_heads=cross_heads)
+
+
+GUIDEDECODER_SMALL = dict(encoder_name="convnext_atto")
+
+
+@register_model("guidedecoder_small")
+def guidedecoder_small(**kwargs: Any) -> GuideDecoder:
+    """GuideDecoder on ConvNeXt-Atto, AdamW at 1e-3, no schedule: ``configs/guidedecoder.yaml``."""
+    defaults = dict(GUIDEDECODER_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
+                    lr_scheduler=None)
+    return GuideDecoder(**{**defaults, **kwargs})

@@ -1,47 +1,76 @@
 """HiMix (Hwang et al., WACV 2026): GuideDecoder whose stages read layer groups of the text encoder."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from langseg.blocks.himix import HiMixLayer, LayerGroupMixer
 from langseg.blocks.text_encoder import TextFeatures
-from langseg.models.guidedecoder import GuideDecoder
+from langseg.errors import ConfigError
+from langseg.models.base import LanguageGuidedSegmenter
+from langseg.models.guidedecoder import GuideDecoderNet
 from langseg.registry import register_model
 
 
-@register_model("himix")
-class HiMix(GuideDecoder):
-    """GuideDecoder with HiMix decoder layers; the text layers are mixed in groups, deepest group to coarsest stage.
+class HiMixNet(GuideDecoderNet):
+    """GuideDecoderNet with HiMix decoder layers; stage ``i`` reads the mix of one group of text layers.
 
-    ``text_layers`` indexes the encoder's hidden states (0 = embeddings); by default every transformer
-    layer ``1..N``, split into three equal consecutive groups (N must be a multiple of 3).
+    ``text_layers`` indexes the encoder's hidden states (0 = embeddings), split into three equal
+    consecutive groups, deepest group to the coarsest stage.
     """
 
-    text_hidden_states = True
+    def __init__(self, in_channels: int = 1, text_dim: int = 384, text_layers: Sequence[int] = (1, 2, 3, 4, 5, 6),
+                 encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None, max_text_length: int = 24,
+                 text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24, heads: int = 8,
+                 sigma: float = 5.0, centred_fft: bool = True) -> None:
+        super().__init__(in_channels, text_dim, encoder_name, encoder_checkpoint, max_text_length, text_tokens,
+                         head_channels, heads=heads, sigma=sigma, centred_fft=centred_fft)
+        self.mixer = LayerGroupMixer(text_layers, groups=len(self.guides))
 
-    def __init__(self, in_channels: int = 1, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
-                 text_encoder: str = "minilm", freeze_text_encoder: bool = True, max_text_length: int = 24,
-                 text_tokens: tuple[int, int, int] = (24, 12, 9), text_layers: Sequence[int] | None = None,
-                 heads: int = 8, sigma: float = 5.0, centred_fft: bool = True, head_channels: int = 24,
-                 dice_weight: float = 1.0, bce_weight: float = 1.0, threshold: float = 0.5, lr: float = 3e-4,
-                 weight_decay: float = 1e-2) -> None:
-        super().__init__(in_channels=in_channels, encoder_name=encoder_name, encoder_checkpoint=encoder_checkpoint,
-                         text_encoder=text_encoder, freeze_text_encoder=freeze_text_encoder,
-                         max_text_length=max_text_length, text_tokens=text_tokens, head_channels=head_channels,
-                         dice_weight=dice_weight, bce_weight=bce_weight, threshold=threshold, lr=lr,
-                         weight_decay=weight_decay)
-        layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
-        self.mixer = LayerGroupMixer(layers, groups=len(self.guides))
-
-    def build_guide(self, stage: int, channels: int, text_tokens: tuple[int, int], self_heads: int,
-                    cross_heads: int) -> nn.Module:
-        hp = self.hparams  # saved by the base __init__, before the stages are built
-        return HiMixLayer(channels, self.text_dim, text_tokens, heads=hp.heads, sigma=hp.sigma,
-                          centred_fft=hp.centred_fft)
+    def build_guide(self, channels: int, text_tokens: tuple[int, int], heads: int = 8, sigma: float = 5.0,
+                    centred_fft: bool = True) -> nn.Module:
+        return HiMixLayer(channels, self.text_dim, text_tokens, heads=heads, sigma=sigma, centred_fft=centred_fft)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         if text.hidden_states is None:
-            raise ValueError("HiMix needs every hidden state of the text encoder (text_hidden_states=True)")
+            raise ConfigError("HiMix needs every hidden state of the text encoder (text_hidden_states=True)")
         return self.mixer(text.hidden_states)
+
+
+@register_model("himix")
+class HiMix(LanguageGuidedSegmenter):
+    """HiMix: a ``HiMixNet`` trained with Dice + BCE, the GuideDecoder recipe (AdamW 3e-4, cosine over 200 epochs).
+
+    ``text_layers`` None reads every transformer layer ``1..N`` of the text encoder (N a multiple of 3).
+    """
+
+    text_padding: Literal["longest", "max_length"] = "max_length"
+    text_hidden_states = True
+    requires_text = True
+
+    def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
+                 text_tokens: tuple[int, int, int] = (24, 12, 9), text_layers: Sequence[int] | None = None,
+                 heads: int = 8, sigma: float = 5.0, centred_fft: bool = True, head_channels: int = 24,
+                 max_text_length: int = 24,
+                 optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
+                 lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
+                     optimizer, T_max=200, eta_min=1e-6),
+                 **kwargs: Any) -> None:
+        super().__init__(max_text_length=max_text_length, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
+        self.net = HiMixNet(self.in_channels, self.text_dim, tuple(layers), encoder_name, encoder_checkpoint,
+                            max_text_length, text_tokens, head_channels, heads, sigma, centred_fft)
+
+
+HIMIX_SMALL = dict(encoder_name="convnext_atto")
+
+
+@register_model("himix_small")
+def himix_small(**kwargs: Any) -> HiMix:
+    """HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: ``configs/himix.yaml``."""
+    defaults = dict(HIMIX_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
+                    lr_scheduler=None)
+    return HiMix(**{**defaults, **kwargs})

@@ -5,8 +5,10 @@ boundary-weighted Dice (Eq. 13) plus 0.125 x the vision-language pixel contrasti
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from langseg.blocks.full_scale_decoder import FullScaleDecoder
@@ -17,24 +19,50 @@ from langseg.models.base import LanguageGuidedSegmenter
 from langseg.registry import register_model
 
 
+class LSMSNet(nn.Module):
+    """SVLA encoder -> Full-Scale Decoder; ``text_dim=0`` is the image-only variant (no language branch).
+
+    In training mode with ``contrastive=True`` the outputs also hold the decoder's pixel features and the
+    projected mean word feature ``L_avg`` that the contrastive loss (Eq. 14) compares.
+    """
+
+    def __init__(self, in_channels: int = 1, text_dim: int = 384, dims: tuple[int, ...] = (64, 128, 320, 512),
+                 depths: tuple[int, ...] = (3, 3, 5, 2), mlp_ratios: tuple[float, ...] = (2.0, 2.0, 2.0, 2.0),
+                 kernel_sizes: tuple[int, ...] = (7, 11, 21), decoder_stages: tuple[int, ...] = (1, 2, 3),
+                 ham_channels: int = 256, decoder_channels: int = 256, nmf_rank: int = 16,
+                 contrastive: bool = True) -> None:
+        super().__init__()
+        self.encoder = LanguageGuidedVisionEncoder(in_channels, text_dim, tuple(dims), tuple(depths),
+                                                   tuple(mlp_ratios), tuple(kernel_sizes))
+        self.decoder = FullScaleDecoder(tuple(dims), tuple(decoder_stages), ham_channels, decoder_channels, nmf_rank)
+        self.text_proj = nn.Linear(text_dim, decoder_channels) if text_dim and contrastive else None
+
+    @property
+    def output_stride(self) -> int:
+        return self.encoder.output_stride
+
+    def forward(self, image: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
+        words, word_mask = (text.tokens, text.mask) if text is not None else (None, None)
+        pixels, logits = self.decoder(self.encoder(image, words, word_mask), image.shape[-2:])
+        out = {"logits": logits}
+        if self.training and self.text_proj is not None and text is not None:
+            mean_words = text.tokens.sum(1) / text.mask.sum(1, keepdim=True).clamp_min(1).to(text.tokens.dtype)
+            out["pixels"], out["text"] = pixels, self.text_proj(mean_words)  # L_avg = proj(mean_t L_t)
+        return out
+
+
 @register_model("lsms")
 class LSMS(LanguageGuidedSegmenter):
     """LSMS; ``use_text=False`` is the paper's image-only variant (no language branch, no L_con, no text encoder).
 
     Defaults follow Table I (blocks 3/3/5/2, widths 64/128/320/512) and Sec. IV-C (d = 7, 11, 21,
-    α = 0.125, λ = 1.2, τ = 0.1). ``mlp_ratios`` (the FFN width, unstated in the paper) default to 2.
-    ``decoder_stages`` are 0-based stage indices fed to the decoder (paper: P2, P3, P4).
+    α = 0.125, λ = 1.2, τ = 0.1; AdamW at 3e-5 with polynomial decay, power 0.9, over 100 epochs).
+    ``mlp_ratios`` (the FFN width, unstated in the paper) default to 2. ``decoder_stages`` are 0-based
+    stage indices fed to the decoder (paper: P2, P3, P4).
     """
-
-    size_divisor = 32
 
     def __init__(
         self,
-        in_channels: int = 1,
-        use_text: bool = True,
-        text_encoder: str = "minilm",
-        freeze_text_encoder: bool = True,
-        max_text_length: int = 32,
         dims: tuple[int, ...] = (64, 128, 320, 512),
         depths: tuple[int, ...] = (3, 3, 5, 2),
         mlp_ratios: tuple[float, ...] = (2.0, 2.0, 2.0, 2.0),
@@ -47,26 +75,14 @@ class LSMS(LanguageGuidedSegmenter):
         temperature: float = 0.1,
         con_samples: int = 256,
         boundary_weight: float = 1.2,
-        threshold: float = 0.5,
-        lr: float = 3e-5,
-        weight_decay: float = 1e-2,
+        optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-5, weight_decay=1e-2),
+        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, total_iters=100, power=0.9),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(in_channels=in_channels, use_text=use_text, text_encoder=text_encoder,
-                         freeze_text_encoder=freeze_text_encoder, max_text_length=max_text_length,
-                         threshold=threshold, lr=lr, weight_decay=weight_decay)
-        self.encoder = LanguageGuidedVisionEncoder(in_channels, self.text_dim, tuple(dims), tuple(depths),
-                                                   tuple(mlp_ratios), tuple(kernel_sizes))
-        self.decoder = FullScaleDecoder(tuple(dims), tuple(decoder_stages), ham_channels, decoder_channels, nmf_rank)
-        self.text_proj = nn.Linear(self.text_dim, decoder_channels) if use_text and con_weight > 0 else None
-
-    def forward(self, image: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
-        words, word_mask = (text.tokens, text.mask) if self.use_text else (None, None)
-        pixels, logits = self.decoder(self.encoder(image, words, word_mask), image.shape[-2:])
-        out = {"logits": logits}
-        if self.training and self.text_proj is not None:
-            mean_words = text.tokens.sum(1) / text.mask.sum(1, keepdim=True).clamp_min(1).to(text.tokens.dtype)
-            out["pixels"], out["text"] = pixels, self.text_proj(mean_words)  # L_avg = proj(mean_t L_t)
-        return out
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        self.net = LSMSNet(self.in_channels, self.text_dim, dims, depths, mlp_ratios, kernel_sizes, decoder_stages,
+                           ham_channels, decoder_channels, nmf_rank, contrastive=con_weight > 0)
 
     def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
         """L = α L_con + L_seg (Eq. 15), L_seg = focal + boundary-weighted Dice (Eq. 13); L_con only in training."""
@@ -80,3 +96,14 @@ class LSMS(LanguageGuidedSegmenter):
             losses["con"] = con
             losses["loss"] = losses["loss"] + self.hparams.con_weight * con
         return losses
+
+
+LSMS_SMALL = dict(dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64, decoder_channels=64, nmf_rank=8)
+
+
+@register_model("lsms_small")
+def lsms_small(**kwargs: Any) -> LSMS:
+    """LSMS with narrow stages and 1/1/2/1 blocks, AdamW at 2e-3 and no schedule: ``configs/lsms.yaml``."""
+    defaults = dict(LSMS_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-2),
+                    lr_scheduler=None)
+    return LSMS(**{**defaults, **kwargs})

@@ -1,0 +1,50 @@
+"""Training-time augmentation on the device (kornia): ``aug(image, mask, *aligned) -> (image, mask, *aligned)``.
+
+A horizontal flip swaps the patient's left and right. Use ``hflip_prob > 0`` only where the text names no
+side, or where the side has already been turned into a place in an image that is flipped with it (early
+fusion's pseudo-image); otherwise the flipped mask contradicts the text.
+"""
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+
+class JointAugmentation(nn.Module):
+    """One random geometric transform per sample (horizontal flip, then rotation/scale/shift), shared by the
+    image, its mask and every aligned image (stacked on the channel axis, so one draw serves all)."""
+
+    def __init__(self, hflip_prob: float = 0.5, rotation_degrees: float | tuple[float, float] = 15.0,
+                 scale: tuple[float, float] = (0.9, 1.1), translate: float = 0.1, affine_prob: float = 0.5) -> None:
+        super().__init__()
+        self.augment = K.AugmentationSequential(
+            K.RandomHorizontalFlip(p=hflip_prob),
+            K.RandomAffine(degrees=rotation_degrees, translate=(translate, translate), scale=scale, p=affine_prob),
+            data_keys=["input", "mask"])
+
+    def forward(self, image: Tensor, mask: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
+        stacked = torch.cat([image, *(a.to(image.dtype) for a in aligned)], 1)  # (B, C + sum C_k, H, W)
+        stacked, mask = self.augment(stacked, mask.to(stacked.dtype))
+        parts = torch.split(stacked, [image.shape[1], *(a.shape[1] for a in aligned)], 1)
+        return (parts[0], mask, *parts[1:])
+
+
+class PhotometricAugmentation(nn.Module):
+    """Gaussian blur with a random sigma and contrast jitter (plus saturation and hue for RGB) of the image.
+
+    Photometric only: the mask, the aligned images and the text stay valid. Each image is mapped to [0, 1]
+    by its own min/max, augmented, and mapped back, so normalised inputs are handled.
+    """
+
+    def __init__(self, channels: int = 1, blur_sigma: tuple[float, float] = (0.1, 2.0), contrast: float = 0.2,
+                 saturation: float = 0.2, hue: float = 0.05, p: float = 0.5) -> None:
+        super().__init__()
+        colour = {"saturation": saturation, "hue": hue} if channels == 3 else {}
+        self.augment = K.AugmentationSequential(K.RandomGaussianBlur(5, blur_sigma, p=p),
+                                                K.ColorJiggle(contrast=contrast, p=p, **colour))
+
+    def forward(self, image: Tensor, mask: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
+        lo = image.amin((1, 2, 3), keepdim=True)
+        scale = (image.amax((1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
+        return (self.augment((image - lo) / scale) * scale + lo, mask, *aligned)
