@@ -7,18 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from langseg.blocks.layers import sine_position_encoding_2d
 
-def sine_position_encoding(height: int, width: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """Fixed 2D sine-cosine position code of a ``height x width`` grid, ``(H*W, dim)``; no parameters, any size."""
-    quarter = dim // 4
-    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device, dtype=torch.float32) / max(quarter, 1))
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
-                            torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
-    parts = []
-    for coord in (ys.reshape(-1, 1) * freq, xs.reshape(-1, 1) * freq):
-        parts += [coord.sin(), coord.cos()]
-    code = torch.cat(parts, 1)  # (H*W, 4 * quarter)
-    return nn.functional.pad(code, (0, dim - code.shape[1]))
+# Temporary alias for langseg/models/reclmis.py; remove once it imports sine_position_encoding_2d from layers.
+sine_position_encoding = sine_position_encoding_2d
 
 
 class ConditionedAttention(nn.Module):
@@ -95,7 +87,7 @@ class TextToVisionEncoder(nn.Module):
         """Patch tokens ``(B, N, C)``, their position code ``(N, C)`` and word tokens ``(B, L, C)`` (zero at padding)."""
         _, _, hgt, wid = vision.shape
         v = self.vision_proj(vision).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
-        pos = sine_position_encoding(hgt, wid, self.dim, vision.device).to(v.dtype)
+        pos = sine_position_encoding_2d(hgt, wid, self.dim, vision.device).to(v.dtype)
         words = words * word_mask.unsqueeze(-1).to(words.dtype)
         e = self.text_proj(words.transpose(1, 2)).transpose(1, 2) * word_mask.unsqueeze(-1).to(words.dtype)
         return v, pos, e

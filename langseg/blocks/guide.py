@@ -1,23 +1,14 @@
 """GuideDecoder blocks (Zhong et al., MICCAI 2023): text token projection, guide layer, up-block, sub-pixel head."""
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from langseg.blocks.layers import ConvNormAct, sine_position_encoding_1d
+
 GUIDE_SCALE_INIT = 1.421
-
-
-def sine_position_encoding(length: int, dim: int, device: torch.device | None = None,
-                           dtype: torch.dtype = torch.float32) -> Tensor:
-    """Transformer sine/cosine encoding of ``length`` positions, ``(length, dim)`` (Vaswani et al., Eq. 5)."""
-    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-    return pe.to(dtype)
 
 
 class TextTokenProjection(nn.Module):
@@ -73,8 +64,8 @@ class PositionalCrossAttention(nn.Module):
 
 def flatten_tokens(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(B, C, H, W) -> (B, H*W, C)`` tokens and their ``(1, H*W, C)`` sine position encoding."""
-    b, c, h, w = x.shape
-    return x.flatten(2).transpose(1, 2), sine_position_encoding(h * w, c, x.device, x.dtype).unsqueeze(0)
+    _, c, h, w = x.shape
+    return x.flatten(2).transpose(1, 2), sine_position_encoding_1d(h * w, c, x.device, x.dtype).unsqueeze(0)
 
 
 class GuideLayer(nn.Module):
@@ -106,18 +97,10 @@ class GuideLayer(nn.Module):
         b, c, h, w = vis.shape
         txt, txt_mask = self.project_text(text, mask)
         x, pos = flatten_tokens(vis)
-        txt_pos = sine_position_encoding(txt.shape[1], c, vis.device, vis.dtype).unsqueeze(0)
+        txt_pos = sine_position_encoding_1d(txt.shape[1], c, vis.device, vis.dtype).unsqueeze(0)
         x = x + self.self_attn(x, pos)
         x = x + self.scale * self.cross_attn(x, pos, txt, txt_pos, txt_mask)
         return x.transpose(1, 2).reshape(b, c, h, w)
-
-
-class ConvBNAct(nn.Sequential):
-    """3x3 conv, BatchNorm, LeakyReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.LeakyReLU(0.01, inplace=True))
 
 
 class UpBlock(nn.Module):
@@ -127,8 +110,9 @@ class UpBlock(nn.Module):
         super().__init__()
         skip_channels = out_channels if skip_channels is None else skip_channels
         self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-        self.convs = nn.Sequential(ConvBNAct(out_channels + skip_channels, out_channels),
-                                   ConvBNAct(out_channels, out_channels))
+        act = partial(nn.LeakyReLU, 0.01, inplace=True)
+        self.convs = nn.Sequential(ConvNormAct(out_channels + skip_channels, out_channels, act=act),
+                                   ConvNormAct(out_channels, out_channels, act=act))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)

@@ -8,11 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv (no bias), batch norm, ReLU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True))
+from langseg.blocks.layers import ConvNormAct
 
 
 class NMF2D(nn.Module):
@@ -67,7 +63,7 @@ class Hamburger(nn.Module):
         super().__init__()
         self.ham_in = nn.Conv2d(channels, channels, 1)
         self.ham = NMF2D(channels, rank, groups, train_steps, eval_steps)
-        self.ham_out = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.ham_out = ConvNormAct(channels, channels, 1, act=None)
 
     def forward(self, x: Tensor) -> Tensor:
         enjoy = self.ham_out(self.ham(F.relu(self.ham_in(x))))
@@ -79,9 +75,9 @@ class HamburgerHead(nn.Module):
 
     def __init__(self, in_channels: int, ham_channels: int = 256, channels: int = 256, rank: int = 16) -> None:
         super().__init__()
-        self.squeeze = conv_norm_relu(in_channels, ham_channels)
+        self.squeeze = ConvNormAct(in_channels, ham_channels, 1)
         self.hamburger = Hamburger(ham_channels, rank=rank)
-        self.align = conv_norm_relu(ham_channels, channels)
+        self.align = ConvNormAct(ham_channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.align(self.hamburger(self.squeeze(x)))

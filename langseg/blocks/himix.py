@@ -7,7 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from langseg.blocks.guide import (GUIDE_SCALE_INIT, PositionalCrossAttention, PositionalSelfAttention,
-                                  TextTokenProjection, flatten_tokens, sine_position_encoding)
+                                  TextTokenProjection, flatten_tokens)
+from langseg.blocks.layers import sine_position_encoding_1d
 from langseg.errors import ConfigError
 
 
@@ -87,7 +88,7 @@ class HiMixLayer(nn.Module):
         b, c, h, w = vis.shape
         txt = self.text_proj(text, mask)
         x, pos = flatten_tokens(self.refine(vis))
-        txt_pos = sine_position_encoding(txt.shape[1], c, vis.device, vis.dtype).unsqueeze(0)
+        txt_pos = sine_position_encoding_1d(txt.shape[1], c, vis.device, vis.dtype).unsqueeze(0)
         x = x + self.scales[0] * self.cross_attn(x, pos, txt, txt_pos)
         x = x + self.scales[1] * self.self_attn(x, pos)
         x = x + self.scales[2] * self.ffn(x)

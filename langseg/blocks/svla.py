@@ -5,14 +5,12 @@ Ouyang et al., "LSMS: Language-guided Scale-aware MedSegmentor", Sec. III-B/C, E
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-
-def _conv1x1_instance_norm(channels: int) -> nn.Sequential:
-    """1x1 conv + instance norm (``GroupNorm`` with one group per channel = affine instance norm)."""
-    return nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GroupNorm(channels, channels))
+from langseg.blocks.layers import ConvNormAct
 
 
 class StripConvUnit(nn.Sequential):
@@ -40,9 +38,8 @@ class ScaleAwareVLAttention(nn.Module):
         self.pre = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
         self.units = nn.ModuleList(StripConvUnit(channels, k) for k in kernel_sizes)
         if text_dim > 0:
-            self.w_v1 = _conv1x1_instance_norm(channels)
-            self.w_v2 = _conv1x1_instance_norm(channels)
-            self.w_f = _conv1x1_instance_norm(channels)
+            conv_in = partial(ConvNormAct, channels, channels, 1, bias=True, norm="instance", act=None)  # 1x1 + IN
+            self.w_v1, self.w_v2, self.w_f = conv_in(), conv_in(), conv_in()
             self.w_l1 = nn.Conv1d(text_dim, channels, 1)
             self.w_l2 = nn.Conv1d(text_dim, channels, 1)
         self.mix = nn.Conv2d(channels, channels, 1)
@@ -100,12 +97,6 @@ class SVLAEncoderBlock(nn.Module):
         return self.norm2(self.ffn(f) + f)
 
 
-def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv with stride 2, then batch norm: the down-sampling block of Eq. 1."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
-                         nn.BatchNorm2d(out_channels))
-
-
 class LanguageGuidedVisionEncoder(nn.Module):
     """Four-stage LSMS encoder (Eq. 1, Table I): an image stem to H/4, then stages of SVLA blocks.
 
@@ -124,11 +115,18 @@ class LanguageGuidedVisionEncoder(nn.Module):
             nn.Conv2d(in_channels, dims[0] // 2, 3, stride=2, padding=1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1), nn.BatchNorm2d(dims[0]),
         )
-        self.downs = nn.ModuleList(_conv_bn(dims[i - 1], dims[i]) for i in range(1, len(dims)))
+        # down-sampling of Eq. 1: stride-2 3x3 conv + BN
+        self.downs = nn.ModuleList(ConvNormAct(dims[i - 1], dims[i], 3, stride=2, bias=True, act=None)
+                                   for i in range(1, len(dims)))
         self.stages = nn.ModuleList(
             nn.ModuleList(SVLAEncoderBlock(dim, text_dim, ratio, kernel_sizes) for _ in range(depth))
             for dim, depth, ratio in zip(dims, depths, mlp_ratios)
         )
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the deepest map (4 for the stem, 2 per later stage); input sides must be multiples of it."""
+        return 4 * 2 ** len(self.downs)
 
     def forward(self, image: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> list[Tensor]:
         x = self.stem(image)

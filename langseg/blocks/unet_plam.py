@@ -1,19 +1,19 @@
 """LViT-style U-Net: a conv encoder and a decoder whose skip connections pass through LViT's PLAM."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
+from langseg.blocks.layers import ConvNormAct
 
-def conv_bn_relu(in_channels: int, out_channels: int, num_convs: int = 2) -> nn.Sequential:
-    """``num_convs`` x (3x3 conv -> BatchNorm -> ReLU)."""
-    layers: list[nn.Module] = []
-    for i in range(num_convs):
-        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
-                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+
+def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 conv (with bias) -> BatchNorm -> ReLU layers."""
+    return nn.Sequential(ConvNormAct(in_channels, out_channels, bias=True),
+                         ConvNormAct(out_channels, out_channels, bias=True))
 
 
 class PixelLevelAttention(nn.Module):
@@ -44,14 +44,19 @@ class UNetEncoder(nn.Module):
     def __init__(self, in_channels: int = 1, widths: Sequence[int] = (64, 128, 256, 512, 512)) -> None:
         super().__init__()
         self.widths = tuple(widths)
-        self.stem = conv_bn_relu(in_channels, widths[0], num_convs=1)
+        self.stem = ConvNormAct(in_channels, widths[0], bias=True)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(c_in, c_out)) for c_in, c_out in zip(widths[:-1], widths[1:]))
+            nn.Sequential(nn.MaxPool2d(2), double_conv(c_in, c_out)) for c_in, c_out in pairwise(widths))
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the coarsest map (2 per max-pool stage); input sides must be multiples of it."""
+        return 2 ** len(self.stages)
 
     @property
     def reduction(self) -> int:
-        """Stride of the coarsest map; input sides must be multiples of it."""
-        return 2 ** len(self.stages)
+        """``output_stride``, under its old name: a temporary alias until models/reclmis.py reads output_stride."""
+        return self.output_stride
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = [self.stem(x)]
@@ -67,7 +72,7 @@ class UpBlockPLAM(nn.Module):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.plam = PixelLevelAttention(skip_channels)
-        self.convs = conv_bn_relu(in_channels + skip_channels, out_channels)
+        self.convs = double_conv(in_channels + skip_channels, out_channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.convs(torch.cat([self.plam(skip), self.up(x)], 1))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
-                                        sample_weighted_mask, sine_position_encoding)
+                                        sample_weighted_mask)
+from langseg.blocks.layers import sine_position_encoding_2d
 
 DIM, TEXT_DIM = 16, 12
 
@@ -105,7 +106,7 @@ def test_reconstructor_reads_only_the_keys_its_condition_keeps():
 
 
 def test_position_code_distinguishes_every_patch():
-    code = sine_position_encoding(4, 5, 16)
+    code = sine_position_encoding_2d(4, 5, 16)
     assert code.shape == (20, 16)
     dist = torch.cdist(code, code).masked_fill(torch.eye(20, dtype=torch.bool), math.inf)
     assert dist.min() > 0.1

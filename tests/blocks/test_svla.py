@@ -30,6 +30,14 @@ def test_encoder_gives_four_stages_at_quarter_to_thirtysecond_resolution(size):
     assert [f.shape for f in feats] == [(2, c, size // s, size // s) for c, s in zip(DIMS, (4, 8, 16, 32))]
 
 
+@pytest.mark.parametrize("dims", [DIMS[:3], DIMS])
+def test_output_stride_is_the_stride_of_the_deepest_map(dims):
+    enc = LanguageGuidedVisionEncoder(1, 0, dims, (1,) * len(dims), (2.0,) * len(dims))
+    deepest = enc(torch.randn(1, 1, 64, 64))[-1]
+    assert enc.output_stride == 64 // deepest.shape[-1]
+    assert enc.output_stride == {3: 16, 4: 32}[len(dims)]
+
+
 def test_default_encoder_follows_table_one():
     enc = LanguageGuidedVisionEncoder(3, text_dim=0)
     assert [len(stage) for stage in enc.stages] == [3, 3, 5, 2]

@@ -12,7 +12,7 @@ def test_encoder_strides_and_decoder_restores_the_input_size(size):
     feats = enc(torch.randn(2, 2, size, size))
     assert [f.shape[1] for f in feats] == list(WIDTHS)
     assert [f.shape[-1] for f in feats] == [size // 2 ** i for i in range(5)]
-    assert enc.reduction == 16
+    assert enc.output_stride == 16
     assert dec(feats[-1], feats[:-1]).shape == (2, 1, size, size)
 
 
