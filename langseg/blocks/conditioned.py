@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from langseg.blocks.layers import sine_position_encoding_2d
-
-# Temporary alias for langseg/models/reclmis.py; remove once it imports sine_position_encoding_2d from layers.
-sine_position_encoding = sine_position_encoding_2d
+from langseg.errors import ConfigError
 
 
 class ConditionedAttention(nn.Module):
@@ -24,7 +22,7 @@ class ConditionedAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+            raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from langseg.blocks.layers import ConvNormAct, sine_position_encoding_1d
+from langseg.errors import ConfigError
 
 GUIDE_SCALE_INIT = 1.421
 
@@ -25,7 +26,7 @@ class TextTokenProjection(nn.Module):
 
     def forward(self, text: Tensor, mask: Tensor) -> Tensor:
         if text.shape[1] != self.in_tokens:
-            raise ValueError(f"the text projection expects {self.in_tokens} tokens, got {text.shape[1]}: "
+            raise ConfigError(f"the text projection expects {self.in_tokens} tokens, got {text.shape[1]}: "
                              "encode text with padding='max_length' and the same max_text_length")
         text = text * mask.unsqueeze(-1).to(text.dtype)
         return self.channels(self.tokens(text))  # (B, T, Ct) -> (B, L, C)

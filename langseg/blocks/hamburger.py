@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from langseg.blocks.layers import ConvNormAct
+from langseg.errors import ConfigError
 
 
 class NMF2D(nn.Module):
@@ -23,7 +24,7 @@ class NMF2D(nn.Module):
                  eps: float = 1e-6) -> None:
         super().__init__()
         if channels % groups:
-            raise ValueError(f"channels={channels} is not divisible by groups={groups}")
+            raise ConfigError(f"channels={channels} is not divisible by groups={groups}")
         self.groups, self.rank, self.eps = groups, rank, eps
         self.train_steps, self.eval_steps = train_steps, eval_steps
         generator = torch.Generator().manual_seed(0)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from langseg.blocks.layers import ConvNormAct
+from langseg.errors import ConfigError
 
 
 class StripConvUnit(nn.Sequential):
@@ -63,7 +64,7 @@ class ScaleAwareVLAttention(nn.Module):
         att = v_pre + sum(unit(v_pre) for unit in self.units)
         if self.text_dim > 0:
             if words is None or word_mask is None:
-                raise ValueError("SVLA was built with a language branch: pass words and word_mask")
+                raise ConfigError("SVLA was built with a language branch: pass words and word_mask")
             att = att + self.language_branch(v_pre, words, word_mask)
         return self.mix(att) * v
 
@@ -109,7 +110,7 @@ class LanguageGuidedVisionEncoder(nn.Module):
                  kernel_sizes: tuple[int, ...] = (7, 11, 21)) -> None:
         super().__init__()
         if not len(dims) == len(depths) == len(mlp_ratios):
-            raise ValueError(f"dims, depths and mlp_ratios must have the same length, got {dims}, {depths}, {mlp_ratios}")
+            raise ConfigError(f"dims, depths and mlp_ratios must have the same length, got {dims}, {depths}, {mlp_ratios}")
         self.dims = tuple(dims)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, dims[0] // 2, 3, stride=2, padding=1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),

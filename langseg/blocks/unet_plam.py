@@ -53,10 +53,6 @@ class UNetEncoder(nn.Module):
         """Stride of the coarsest map (2 per max-pool stage); input sides must be multiples of it."""
         return 2 ** len(self.stages)
 
-    @property
-    def reduction(self) -> int:
-        """``output_stride``, under its old name: a temporary alias until models/reclmis.py reads output_stride."""
-        return self.output_stride
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = [self.stem(x)]

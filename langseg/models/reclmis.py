@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from langseg.blocks.augmentation import PhotometricAugmentation
 from langseg.blocks.conditioned import ConditionedInteraction, ConditionedReconstructor, sample_weighted_mask
-from langseg.blocks.layers import sine_position_encoding_1d
+from langseg.blocks.layers import sine_position_encoding_2d
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.blocks.unet_plam import UNetDecoder, UNetEncoder
 from langseg.errors import ConfigError
@@ -74,7 +74,7 @@ class RecLMISNet(nn.Module):
         v_hat = self.vision_reconstructor(v_query, ci.e, ci.w_woi, ci.word_mask)
         # Eq. 9: zero alpha_t*L real words drawn by W_woi; words keep a 1D position code.
         word_masked = sample_weighted_mask(ci.w_woi, self.text_mask_ratio, valid=ci.word_mask)
-        word_pos = sine_position_encoding_1d(ci.e.shape[1], ci.e.shape[-1], ci.e.device).to(ci.e.dtype)
+        word_pos = sine_position_encoding_2d(1, ci.e.shape[1], ci.e.shape[-1], ci.e.device).to(ci.e.dtype)
         e_query = ci.e.masked_fill(word_masked.unsqueeze(-1), 0.0) + word_pos
         e_hat = self.text_reconstructor(e_query, ci.v + ci.pos, ci.w_poi)
         return {"logits": logits, "v": ci.v, "e": ci.e, "v_hat": v_hat, "e_hat": e_hat, "w_poi": ci.w_poi,
