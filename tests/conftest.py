@@ -1,4 +1,5 @@
-"""Shared fixtures: a generic-format data folder written by the tests themselves."""
+"""Shared fixtures: a generic-format data folder written by the tests themselves, a tiny batch of the
+embedded data, and the model registry restored after every test."""
 from __future__ import annotations
 
 import csv
@@ -6,9 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from langseg import registry
+from langseg.data import SyntheticReferringDataModule
 from langseg.data.synthetic import make_referring_sample
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_generic_folder(root: Path, sizes: dict[str, int] | None = None, image_size: int = 40) -> Path:
@@ -30,6 +36,24 @@ def write_generic_folder(root: Path, sizes: dict[str, int] | None = None, image_
     return root
 
 
+def synthetic_batch(n: int = 4, size: int = 32, texts: list[str] | None = None) -> dict:
+    """``n`` training samples of the embedded data as one batch."""
+    dm = SyntheticReferringDataModule(num_train=n, image_size=size, num_workers=0)
+    dm.setup("fit")
+    items = [dm.dataset("train")[i] for i in range(n)]
+    return {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
+            "text": texts or [i["text"] for i in items]}
+
+
 @pytest.fixture
 def generic_folder(tmp_path: Path) -> Path:
     return write_generic_folder(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry():
+    """Models a test registers (e.g. docs/extending.md's example) do not leak into later tests."""
+    saved = dict(registry._MODELS)
+    yield
+    registry._MODELS.clear()
+    registry._MODELS.update(saved)

@@ -113,18 +113,23 @@ class TextEncoder(nn.Module):
         self._warned_truncation = False
         if freeze:
             self.model.requires_grad_(False)
-            self.model.eval()
-
-    def train(self, mode: bool = True) -> "TextEncoder":
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
 
     def clear_cache(self) -> None:
         self._cache.clear()
 
     def _encode(self, texts: Sequence[str]) -> TextFeatures:
+        if not self.frozen:
+            return self._run(texts)
+        # A frozen encoder always encodes in eval mode (no dropout), but keeps the mode flags of the model it
+        # sits in, so that a module left in eval mode by mistake still shows in Lightning's check at fit start.
+        mode = self.model.training
+        self.model.eval()
+        try:
+            return self._run(texts)
+        finally:
+            self.model.train(mode)
+
+    def _run(self, texts: Sequence[str]) -> TextFeatures:
         device = next(self.model.parameters()).device
         untruncated = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         longest = max(len(ids) for ids in untruncated)

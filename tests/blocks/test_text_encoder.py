@@ -58,10 +58,16 @@ def test_fixed_padding_and_truncation_warning(caplog):
     assert "truncated to max_length=8" in caplog.text
 
 
-def test_frozen_encoder_stays_in_eval_mode():
-    enc = TextEncoder("tiny")
+def test_frozen_encoder_encodes_without_dropout_in_train_mode():
+    enc = TextEncoder("tiny", cache=False)
+    enc.model.config.hidden_dropout_prob = 0.9
+    for module in enc.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.9
     enc.train()
-    assert not enc.model.training
+    first, second = enc(["left lung"]), enc(["left lung"])
+    assert torch.equal(first.tokens, second.tokens)  # dropout off while encoding
+    assert enc.model.training  # the mode flags stay those of the model the encoder sits in
 
 
 def test_missing_path_says_what_to_pass(tmp_path):

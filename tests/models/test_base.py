@@ -1,38 +1,23 @@
 import lightning as L
 import pytest
 import torch
-from torch import nn
 
+from langseg.blocks.augmentation import JointAugmentation
 from langseg.data import SyntheticReferringDataModule
+from langseg.errors import ConfigError
 from langseg.models import LanguageGuidedSegmenter, UNetBaseline
+from tests.conftest import synthetic_batch
+from tests.tiny_models import TextGate
 
 
-class TextGate(LanguageGuidedSegmenter):
-    """Smallest text-guided model: a conv net whose output is gated by the sentence embedding."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.conv = nn.Conv2d(self.in_channels, 4, 3, padding=1)
-        self.gate = nn.Linear(self.text_dim, 4)
-        self.head = nn.Conv2d(4, 1, 1)
-
-    def forward(self, image, text):
-        feats = torch.relu(self.conv(image)) * torch.sigmoid(self.gate(text.sentence))[..., None, None]
-        return self.head(feats)
-
-
-def _batch(n=4, size=32, texts=None):
-    ds = SyntheticReferringDataModule(num_train=n, image_size=size, num_workers=0)
-    ds.setup("fit")
-    items = [ds.dataset("train")[i] for i in range(n)]
-    return {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
-            "text": texts or [i["text"] for i in items]}
+def sgd(lr):
+    return lambda params: torch.optim.SGD(params, lr=lr)
 
 
 def test_unet_baseline_has_no_text_encoder_and_ignores_text():
     model = UNetBaseline(encoder_name="resnet18", decoder_channels=(32, 16, 8, 8, 8))
     assert model.text_encoder is None and not model.use_text
-    batch = _batch()
+    batch = synthetic_batch()
     model.eval()
     a = model.segment(batch["image"], batch["text"])["logits"]
     b = model.segment(batch["image"], list(reversed(batch["text"])))["logits"]
@@ -41,9 +26,9 @@ def test_unet_baseline_has_no_text_encoder_and_ignores_text():
 
 def test_loss_falls_on_a_tiny_batch():
     torch.manual_seed(0)
-    model = TextGate(text_encoder="tiny", lr=0.05)
+    model = TextGate(text_encoder="tiny", optimizer=lambda params: torch.optim.AdamW(params, lr=0.05))
     opt = model.configure_optimizers()
-    batch = _batch()
+    batch = synthetic_batch()
     losses = []
     for _ in range(30):
         loss = model.training_step(batch, 0)
@@ -54,10 +39,49 @@ def test_loss_falls_on_a_tiny_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_optimizer_and_scheduler_come_from_the_constructor():
+    model = TextGate(text_encoder="tiny", optimizer=sgd(0.25),
+                     lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3))
+    config = model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD) and config["optimizer"].param_groups[0]["lr"] == 0.25
+    assert isinstance(config["lr_scheduler"], torch.optim.lr_scheduler.StepLR)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in config["optimizer"].param_groups[0]["params"]} == trainable
+    assert not any(id(p) in trainable for p in model.text_encoder.parameters())  # frozen encoder left out
+
+
+def test_augmentation_is_applied_by_the_base_training_step_only():
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, image, mask):
+            calls.append(image.shape)
+            return image.flip(-1), mask.flip(-1)
+
+    model = TextGate(text_encoder="tiny", augmentation=Spy())
+    batch = synthetic_batch()
+    model.training_step(batch, 0)
+    assert len(calls) == 1
+    model.eval()
+    with torch.no_grad():
+        model.validation_step(batch, 0)
+    assert len(calls) == 1
+    assert TextGate(text_encoder="tiny").augmentation is None  # the base's default: none
+    assert TextGate(text_encoder="tiny", augmentation=False).augmentation is None
+
+
+def test_transform_train_batch_moves_image_and_mask_together():
+    torch.manual_seed(0)
+    model = TextGate(text_encoder="tiny", augmentation=JointAugmentation(hflip_prob=1.0, affine_prob=0.0))
+    batch = synthetic_batch()
+    out = model.transform_train_batch(batch, None)
+    assert torch.equal(out["image"], batch["image"].flip(-1)) and torch.equal(out["mask"], batch["mask"].flip(-1))
+
+
 def test_gradients_reach_the_text_path_not_the_frozen_encoder():
     model = TextGate(text_encoder="tiny")
-    model.training_step(_batch(), 0).backward()
-    assert model.gate.weight.grad.abs().sum() > 0
+    model.training_step(synthetic_batch(), 0).backward()
+    assert model.net.gate.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.text_encoder.parameters())
 
 
@@ -70,9 +94,9 @@ def test_checkpoint_leaves_out_the_frozen_text_encoder_and_reloads(tmp_path):
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=False)["state_dict"]
-    assert not any(k.startswith("text_encoder.") for k in state) and "gate.weight" in state
+    assert not any(k.startswith("text_encoder.") for k in state) and "net.gate.weight" in state
     loaded = TextGate.load_from_checkpoint(path)
-    assert torch.equal(loaded.gate.weight, model.gate.weight)
+    assert torch.equal(loaded.net.gate.weight, model.net.gate.weight)
     assert torch.equal(loaded.text_encoder.model.embeddings.word_embeddings.weight,
                        model.text_encoder.model.embeddings.word_embeddings.weight)
 
@@ -91,6 +115,14 @@ def test_test_loop_logs_both_dice_definitions_and_swapped_text():
     assert sum(seen, []) == expected
 
 
-def test_forward_must_be_implemented():
-    with pytest.raises(NotImplementedError, match="must implement forward"):
+def test_a_method_must_build_its_network():
+    with pytest.raises(NotImplementedError, match="must build self.net"):
         LanguageGuidedSegmenter(use_text=False)(torch.zeros(1, 1, 8, 8), None)
+
+
+def test_a_text_only_method_refuses_use_text_false():
+    class NeedsText(TextGate):
+        requires_text = True
+
+    with pytest.raises(ConfigError, match="NeedsText cannot run without text"):
+        NeedsText(use_text=False)
