@@ -46,6 +46,7 @@ class UNetBaseline(LanguageGuidedSegmenter):
                  encoder_depth: int | None = None, decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
                  **kwargs: Any) -> None:
         super().__init__(use_text=False, **kwargs)
+        self.hparams.pop("use_text", None)  # fixed, not an option: load_from_checkpoint must not pass it again
         self.net = SMPNet(self.in_channels, arch, encoder_name, encoder_weights, encoder_depth, tuple(decoder_channels))
 
 
