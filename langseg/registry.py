@@ -22,6 +22,19 @@ def register_model(name: str) -> Callable[[T], T]:
     return wrap
 
 
+def register_variant(name: str, model: Callable[..., Any], description: str, **defaults: Any) -> Callable[..., Any]:
+    """Register ``name`` as ``model`` with other defaults (a timm-style variant):
+    ``create_model(name, **kwargs)`` builds ``model(**{**defaults, **kwargs})``."""
+
+    def build(**kwargs: Any) -> Any:
+        return model(**{**defaults, **kwargs})
+
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = model.__module__
+    build.__doc__ = description
+    return register_model(name)(build)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of registered models matching a shell-style ``pattern``."""
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))

@@ -50,6 +50,15 @@ def generic_folder(tmp_path: Path) -> Path:
     return write_generic_folder(tmp_path / "data")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscribing a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _restore_registry():
     """Models a test registers (e.g. docs/extending.md's example) do not leak into later tests."""

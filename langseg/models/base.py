@@ -7,6 +7,7 @@ owns text encoding (with the frozen-feature cache), the train/val/test/predict s
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal, Mapping
 
 import lightning as L
@@ -20,6 +21,11 @@ from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
 
 TEXT_ENCODER_PREFIX = "text_encoder."
+def adamw(lr: float, weight_decay: float = 1e-2) -> OptimizerCallable:
+    """AdamW over the parameters it is given, at ``lr`` (an ``optimizer`` argument for Python use)."""
+    return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+
+
 NOT_HYPERPARAMETERS = ("optimizer", "lr_scheduler", "augmentation")  # callables/modules: the CLI's config.yaml keeps them
 
 

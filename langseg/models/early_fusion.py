@@ -11,9 +11,9 @@ from langseg.blocks.augmentation import JointAugmentation
 from langseg.blocks.pseudo_image import TextToPseudoImage
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.losses import roi_l1_loss
-from langseg.models.base import LanguageGuidedSegmenter
+from langseg.models.base import LanguageGuidedSegmenter, adamw
 from langseg.models.unet import SMPNet
-from langseg.registry import register_model
+from langseg.registry import register_model, register_variant
 
 
 class EarlyFusionNet(nn.Module):
@@ -102,13 +102,6 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         return losses
 
 
-EARLY_FUSION_SMALL = dict(decoder_channels=(128, 64, 32, 16, 8), bce_weight=1.0)
-
-
-@register_model("early_fusion_small")
-def early_fusion_small(**kwargs: Any) -> EarlyFusionSegmenter:
-    """Early fusion on a narrow-decoder U-Net (ResNet-18), Dice + BCE, AdamW at 1e-3, no schedule:
-    ``configs/early_fusion_unet.yaml``."""
-    defaults = dict(EARLY_FUSION_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
-                    lr_scheduler=None)
-    return EarlyFusionSegmenter(**{**defaults, **kwargs})
+register_variant("early_fusion_small", EarlyFusionSegmenter, "Early fusion on a narrow-decoder U-Net (ResNet-18), "
+                 "Dice + BCE, AdamW at 1e-3, no schedule: configs/early_fusion_unet.yaml.",
+                 decoder_channels=(128, 64, 32, 16, 8), bce_weight=1.0, optimizer=adamw(1e-3), lr_scheduler=None)

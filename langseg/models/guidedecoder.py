@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from langseg.blocks.guide import GuideLayer, SubpixelHead, UpBlock
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.errors import ConfigError
-from langseg.models.base import LanguageGuidedSegmenter
-from langseg.registry import register_model
+from langseg.models.base import LanguageGuidedSegmenter, adamw
+from langseg.registry import register_model, register_variant
 
 
 def create_feature_encoder(encoder_name: str, in_channels: int, encoder_checkpoint: str | None) -> nn.Module:
@@ -100,12 +100,5 @@ class GuideDecoder(LanguageGuidedSegmenter):
                                    text_tokens, head_channels, self_heads=self_heads, cross_heads=cross_heads)
 
 
-GUIDEDECODER_SMALL = dict(encoder_name="convnext_atto")
-
-
-@register_model("guidedecoder_small")
-def guidedecoder_small(**kwargs: Any) -> GuideDecoder:
-    """GuideDecoder on ConvNeXt-Atto, AdamW at 1e-3, no schedule: ``configs/guidedecoder.yaml``."""
-    defaults = dict(GUIDEDECODER_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
-                    lr_scheduler=None)
-    return GuideDecoder(**{**defaults, **kwargs})
+register_variant("guidedecoder_small", GuideDecoder, "GuideDecoder on ConvNeXt-Atto, AdamW at 1e-3, no schedule: "
+                 "configs/guidedecoder.yaml.", encoder_name="convnext_atto", optimizer=adamw(1e-3), lr_scheduler=None)

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from langseg.blocks.himix import HiMixLayer, LayerGroupMixer
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.errors import ConfigError
-from langseg.models.base import LanguageGuidedSegmenter
+from langseg.models.base import LanguageGuidedSegmenter, adamw
 from langseg.models.guidedecoder import GuideDecoderNet
-from langseg.registry import register_model
+from langseg.registry import register_model, register_variant
 
 
 class HiMixNet(GuideDecoderNet):
@@ -65,12 +65,5 @@ class HiMix(LanguageGuidedSegmenter):
                             max_text_length, text_tokens, head_channels, heads, sigma, centred_fft)
 
 
-HIMIX_SMALL = dict(encoder_name="convnext_atto")
-
-
-@register_model("himix_small")
-def himix_small(**kwargs: Any) -> HiMix:
-    """HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: ``configs/himix.yaml``."""
-    defaults = dict(HIMIX_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
-                    lr_scheduler=None)
-    return HiMix(**{**defaults, **kwargs})
+register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: configs/himix.yaml.",
+                 encoder_name="convnext_atto", optimizer=adamw(1e-3), lr_scheduler=None)

@@ -15,8 +15,8 @@ from langseg.blocks.full_scale_decoder import FullScaleDecoder
 from langseg.blocks.svla import LanguageGuidedVisionEncoder
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.losses import boundary_weighted_dice_loss, focal_loss, pixel_text_contrastive_loss
-from langseg.models.base import LanguageGuidedSegmenter
-from langseg.registry import register_model
+from langseg.models.base import LanguageGuidedSegmenter, adamw
+from langseg.registry import register_model, register_variant
 
 
 class LSMSNet(nn.Module):
@@ -98,12 +98,6 @@ class LSMS(LanguageGuidedSegmenter):
         return losses
 
 
-LSMS_SMALL = dict(dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64, decoder_channels=64, nmf_rank=8)
-
-
-@register_model("lsms_small")
-def lsms_small(**kwargs: Any) -> LSMS:
-    """LSMS with narrow stages and 1/1/2/1 blocks, AdamW at 2e-3 and no schedule: ``configs/lsms.yaml``."""
-    defaults = dict(LSMS_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-2),
-                    lr_scheduler=None)
-    return LSMS(**{**defaults, **kwargs})
+register_variant("lsms_small", LSMS, "LSMS with narrow stages and 1/1/2/1 blocks, AdamW at 2e-3, no schedule: "
+                 "configs/lsms.yaml.", dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
+                 decoder_channels=64, nmf_rank=8, optimizer=adamw(2e-3), lr_scheduler=None)

@@ -20,8 +20,8 @@ from langseg.blocks.text_encoder import TextFeatures
 from langseg.blocks.unet_plam import UNetDecoder, UNetEncoder
 from langseg.errors import ConfigError
 from langseg.losses import conditioned_contrastive_loss, weighted_reconstruction_loss
-from langseg.models.base import LanguageGuidedSegmenter
-from langseg.registry import register_model
+from langseg.models.base import LanguageGuidedSegmenter, adamw
+from langseg.registry import register_model, register_variant
 
 
 class RecLMISNet(nn.Module):
@@ -137,13 +137,6 @@ class RecLMIS(LanguageGuidedSegmenter):
         return losses
 
 
-RECLMIS_SMALL = dict(widths=(16, 32, 64, 128, 128), num_heads=4)
-
-
-@register_model("reclmis_small")
-def reclmis_small(**kwargs: Any) -> RecLMIS:
-    """RecLMIS with narrow stages (16..128) and 4 heads, AdamW at 1e-3, no schedule, no augmentation:
-    ``configs/reclmis.yaml``."""
-    defaults = dict(RECLMIS_SMALL, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
-                    lr_scheduler=None, augmentation=False)
-    return RecLMIS(**{**defaults, **kwargs})
+register_variant("reclmis_small", RecLMIS, "RecLMIS with narrow stages (16 .. 128) and 4 heads, AdamW at 1e-3, "
+                 "no schedule, no augmentation: configs/reclmis.yaml.", widths=(16, 32, 64, 128, 128), num_heads=4,
+                 optimizer=adamw(1e-3), lr_scheduler=None, augmentation=False)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.models.base import LanguageGuidedSegmenter
-from langseg.registry import register_model
+from langseg.registry import register_model, register_variant
 
 
 class SMPNet(nn.Module):
@@ -50,10 +50,5 @@ class UNetBaseline(LanguageGuidedSegmenter):
         self.net = SMPNet(self.in_channels, arch, encoder_name, encoder_weights, encoder_depth, tuple(decoder_channels))
 
 
-UNET_SMALL = dict(decoder_channels=(128, 64, 32, 16, 8))
-
-
-@register_model("unet_small")
-def unet_small(**kwargs: Any) -> UNetBaseline:
-    """The baseline with a narrow decoder (128 .. 8 channels): ``configs/unet.yaml``."""
-    return UNetBaseline(**{**UNET_SMALL, **kwargs})
+register_variant("unet_small", UNetBaseline, "The baseline with a narrow decoder (128 .. 8 channels): configs/unet.yaml.",
+                 decoder_channels=(128, 64, 32, 16, 8))

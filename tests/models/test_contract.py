@@ -24,14 +24,7 @@ QUICK_CONFIGS = {"unet_small": "unet.yaml", "lsms_small": "lsms.yaml", "reclmis_
                  "guidedecoder_small": "guidedecoder.yaml", "himix_small": "himix.yaml",
                  "early_fusion_small": "early_fusion_unet.yaml"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(name: str) -> L.LightningModule:
