@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -51,6 +52,20 @@ def test_test_report_holds_every_metric_and_matches_the_logged_ones(tmp_path, ge
     assert {"id", "text", "dice", "iou", "hd95", "dice_swapped_text"} <= set(rows[0])
 
 
+def test_default_output_folders_are_inside_the_run_folder(tmp_path, generic_folder):
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=4, num_workers=0)
+    trainer = L.Trainer(logger=CSVLogger(str(tmp_path), name=""), enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[TestReport(), PredictionWriter(overlay=False)])
+    trainer.test(_model(), dm, verbose=False)
+    trainer.predict(_model(), dm, return_predictions=False)
+    run = Path(trainer.log_dir)
+    assert run.parent == tmp_path and run.name.startswith("version_")
+    assert (run / "results" / "test_summary.json").is_file()
+    assert sorted(p.name for p in (run / "predictions" / "masks").iterdir()) == [f"test_{i}.png" for i in range(4)]
+
+
 def test_channels_last_option_converts_model_and_images(generic_folder):
     from langseg.callbacks import PerformanceOptions
 
@@ -66,5 +81,5 @@ def test_channels_last_option_converts_model_and_images(generic_folder):
                         enable_checkpointing=False, limit_val_batches=1,
                         callbacks=[PerformanceOptions(channels_last=True), Probe()])
     trainer.fit(model, dm)
-    conv = model.net.encoder.conv1.weight
+    conv = model.net.model.encoder.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and seen and all(seen)

@@ -3,14 +3,29 @@ import pytest
 import langseg
 from langseg.errors import ConfigError
 from langseg.models import UNetBaseline
+from langseg.models.unet import UNET_SMALL
 
 
 def test_create_and_list_models():
     assert "unet" in langseg.list_models()
-    assert langseg.list_models("un*") == ["unet"]
+    assert langseg.list_models("un*") == ["unet", "unet_small"]
     model = langseg.create_model("unet", in_channels=3, encoder_name="resnet18")
     assert isinstance(model, UNetBaseline)
-    assert model.net.encoder.conv1.in_channels == 3
+    assert model.net.model.encoder.conv1.in_channels == 3
+
+
+def test_every_small_variant_has_a_full_size_model():
+    small = langseg.list_models("*_small")
+    assert small and {name.removesuffix("_small") for name in small} <= set(langseg.list_models())
+
+
+def test_a_small_variant_builds_the_full_class_with_its_defaults_and_takes_overrides():
+    model = langseg.create_model("unet_small", in_channels=3)
+    assert type(model) is UNetBaseline and model.hparams.in_channels == 3
+    assert tuple(model.hparams.decoder_channels) == UNET_SMALL["decoder_channels"]
+    assert model.net.model.decoder.blocks[-1].conv2[0].out_channels == UNET_SMALL["decoder_channels"][-1]
+    wider = langseg.create_model("unet_small", decoder_channels=(32, 16, 8, 8, 8))
+    assert tuple(wider.hparams.decoder_channels) == (32, 16, 8, 8, 8)
 
 
 def test_unknown_model_name_lists_the_known_ones():

@@ -44,9 +44,23 @@ def _trainer(**kw) -> L.Trainer:
     return L.Trainer(**{**args, **kw})
 
 
+def _builtin_models() -> dict[str, object]:
+    """langseg's own registrations (models users register, e.g. docs/extending.md's example, are not ours):
+    the method classes, and the factories of their registered variants (``<name>_small``)."""
+    return {n: langseg.get_model_class(n) for n in langseg.list_models()
+            if langseg.get_model_class(n).__module__.startswith("langseg.")}
+
+
 def test_every_registered_model_has_a_tiny_build():
-    builtin = {n for n in langseg.list_models() if langseg.get_model_class(n).__module__.startswith("langseg.")}
-    assert builtin == set(TINY)  # models registered by users (e.g. docs/extending.md's example) are not ours
+    builtin = _builtin_models()
+    classes = {n for n, obj in builtin.items() if isinstance(obj, type)}
+    assert classes == set(TINY)
+    for name, factory in builtin.items():
+        if name in classes:
+            continue
+        base = name.removesuffix("_small")  # a variant: its method's tiny build overrides its defaults
+        assert base in TINY, name
+        assert type(factory(**TINY[base])) is builtin[base], name
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -118,23 +132,32 @@ def _logged(stdout: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"│\s+(test/\w+)\s+│\s+([0-9.e-]+)\s+│", stdout)}
 
 
+def _new_run(root: Path, known: set[Path]) -> Path:
+    """The one run folder (``version_<n>``) under ``root`` that is not in ``known``; adds it there."""
+    (run,) = set(root.glob("version_*")) - known
+    known.add(run)
+    return run
+
+
 @pytest.mark.parametrize("config, extra", [
     ("unet.yaml", []),
-    ("early_fusion_unet.yaml", ["--model.init_args.text_encoder", "tiny"]),
+    ("early_fusion_unet.yaml", ["--model.text_encoder", "tiny"]),
 ])
 def test_ddp_on_two_cpu_processes_fits_and_tests_like_one_process(tmp_path, config, extra):
-    common = ["--config", str(REPO / "configs" / config), *extra, "--trainer.logger", "false",
-              "--trainer.enable_progress_bar", "false", "--data.init_args.num_train", "16",
-              "--data.init_args.num_val", "6", "--data.init_args.num_test", "7", "--data.init_args.image_size", "32",
-              "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.accelerator", "cpu"]
+    common = ["--config", str(REPO / "configs" / config), *extra, "--trainer.enable_progress_bar", "false",
+              "--data.num_train", "16", "--data.num_val", "6", "--data.num_test", "7", "--data.image_size", "32",
+              "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.accelerator", "cpu"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    root, runs = tmp_path / "runs" / config.removesuffix(".yaml"), set()  # the config's default_root_dir
     _cli("fit", *common, *ddp, "--trainer.max_steps", "2", cwd=tmp_path)
-    root = config.removesuffix(".yaml")
-    ckpt = str(tmp_path / "runs" / root / "checkpoints" / "last.ckpt")
-    one = _cli("test", *common, "--trainer.devices", "1", "--ckpt_path", ckpt, cwd=tmp_path)
-    one_summary = json.loads((tmp_path / "runs" / root / "results" / "test_summary.json").read_text())
-    two = _cli("test", *common, *ddp, "--ckpt_path", ckpt, cwd=tmp_path)
-    two_summary = json.loads((tmp_path / "runs" / root / "results" / "test_summary.json").read_text())
+    fit_run = _new_run(root, runs)  # every output of a run under <default_root_dir>/version_<n>/
+    ckpt = fit_run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (fit_run / "metrics.csv").is_file()
+    one = _cli("test", *common, "--trainer.devices", "1", "--ckpt_path", str(ckpt), cwd=tmp_path)
+    one_summary = json.loads((_new_run(root, runs) / "results" / "test_summary.json").read_text())
+    two = _cli("test", *common, *ddp, "--ckpt_path", str(ckpt), cwd=tmp_path)
+    two_summary = json.loads((_new_run(root, runs) / "results" / "test_summary.json").read_text())
+    assert not (root / "checkpoints").exists() and not (root / "results").exists()
     logged_one, logged_two = _logged(one.stdout), _logged(two.stdout)
     assert {"test/dice", "test/dice_pooled", "test/dice_swapped_text"} <= set(logged_one)
     for key, value in logged_one.items():

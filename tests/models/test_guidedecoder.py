@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from langseg.cli import LangsegCLI
-from langseg.data.datamodules import SegmentationDataModule
-from langseg.models import GuideDecoder, LanguageGuidedSegmenter
+from langseg.errors import ConfigError
+from langseg.lightning_cli import build_cli
+from langseg.models import GuideDecoder, GuideDecoderNet, HiMix, HiMixNet
 from langseg.registry import create_model
 from tests.models.test_base import _batch
 
@@ -45,14 +45,15 @@ def test_text_changes_the_prediction_and_padding_is_fixed():
     text = model.encode_text(TEXTS)
     assert text.tokens.shape[1] == 16
     image = torch.rand(2, 1, 32, 32)
-    a = model(image, text)
-    b = model(image, text.index_select(torch.tensor([1, 0])))
+    a = model(image, text)["logits"]
+    b = model(image, text.index_select(torch.tensor([1, 0])))["logits"]
     assert not torch.allclose(a, b)
 
 
 def test_a_resnet_backbone_swaps_in():
     model = GuideDecoder(text_encoder="tiny", encoder_name="resnet18", max_text_length=16, text_tokens=(16, 8, 4))
-    assert model.encoder.feature_info.channels() == [64, 128, 256, 512]
+    assert model.net.encoder.feature_info.channels() == [64, 128, 256, 512]
+    assert model.output_stride == model.net.encoder.feature_info.reduction()[-1]
     assert model.segment(torch.rand(1, 1, 64, 64), TEXTS[:1])["logits"].shape == (1, 1, 64, 64)
 
 
@@ -61,23 +62,42 @@ def test_loss_falls_and_gradients_reach_encoder_and_guides_not_the_text_encoder(
     losses = loss_falls(model)
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in model.text_encoder.parameters())
-    assert model.guides[0].scale.grad is not None
-    assert next(model.encoder.parameters()).grad.abs().sum() > 0
+    assert model.net.guides[0].scale.grad is not None
+    assert next(model.net.encoder.parameters()).grad.abs().sum() > 0
 
 
 def test_registered_and_reports_a_bad_backbone():
     assert isinstance(create_model("guidedecoder", text_encoder="tiny", encoder_name="convnext_atto",
                                    max_text_length=24), GuideDecoder)
-    with pytest.raises(Exception, match="no_such_net"):
+    with pytest.raises(ConfigError, match="no_such_net"):
         GuideDecoder(text_encoder="tiny", encoder_name="no_such_net")
+
+
+def test_default_recipe_is_adamw_with_cosine_annealing_and_the_small_variant_has_none():
+    config = tiny_guidedecoder().configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert (scheduler.T_max, scheduler.eta_min) == (200, 1e-6)
+    small = create_model("guidedecoder_small", text_encoder="tiny")
+    assert type(small) is GuideDecoder and small.hparams.encoder_name == "convnext_atto"
+    optimizer = small.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-3
 
 
 @pytest.mark.parametrize("name", ["guidedecoder", "guidedecoder_paper", "himix", "himix_paper"])
 def test_configs_parse_and_build(name):
-    overrides = ["--model.init_args.text_encoder=tiny", "--model.init_args.encoder_name=convnext_atto"]
+    overrides = ["--model.init_args.text_encoder=tiny", "--model.init_args.encoder_name=convnext_atto",
+                 "--trainer.logger=false"]
     if name.startswith("himix"):
         overrides.append("--model.init_args.text_layers=[2,3,4]")
-    cli = LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, run=False, args=["--config", str(ROOT / "configs" / f"{name}.yaml"),
-                                                               *overrides])
-    assert isinstance(cli.model, GuideDecoder) and cli.model.hparams.max_text_length == 24
+    cli = build_cli(["--config", str(ROOT / "configs" / f"{name}.yaml"), *overrides], run=False)
+    model_class, net_class = (HiMix, HiMixNet) if name.startswith("himix") else (GuideDecoder, GuideDecoderNet)
+    assert type(cli.model) is model_class and type(cli.model.net) is net_class
+    assert isinstance(cli.model.net, GuideDecoderNet) and cli.model.hparams.max_text_length == 24
+    if name.endswith("_paper"):  # the model's default optimiser
+        optimizer = cli.model.optimizer([torch.nn.Parameter(torch.zeros(1))])
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
+    else:  # the quick configs: the small variant's optimiser, no schedule
+        optimizer = cli.model.configure_optimizers()
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-3

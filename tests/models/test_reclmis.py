@@ -1,14 +1,17 @@
 import pytest
 import torch
+from torch import nn
 
-from langseg.cli import LangsegCLI
+from langseg.blocks.augmentation import PhotometricAugmentation
 from langseg.data import SyntheticReferringDataModule
-from langseg.models import LanguageGuidedSegmenter, RecLMIS
-from langseg.data.datamodules import SegmentationDataModule
+from langseg.errors import ConfigError
+from langseg.lightning_cli import build_cli
+from langseg.models import RecLMIS, RecLMISNet
 from langseg.profiling import count_parameters
 from langseg.registry import create_model
 
 WIDTHS = (4, 8, 16, 32, 32)
+INFERENCE = ("encoder", "interaction.text_to_vision", "decoder")
 TRAINING_ONLY = ("vision_reconstructor", "text_reconstructor", "interaction.vision_to_text", "interaction.poi_head",
                  "interaction.woi_head")
 
@@ -38,7 +41,7 @@ def _batch(n=8, size=32):
 def _hooks(model):
     calls = []
     for name in TRAINING_ONLY:
-        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+        model.net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
     return calls
 
 
@@ -56,26 +59,30 @@ def test_inference_never_runs_the_reconstructors_or_the_vision_to_text_half():
     batch = _batch(4, size=32)
     model.eval()
     with torch.no_grad():
-        logits = model.segment(batch["image"], batch["text"])["logits"]
+        out = model.segment(batch["image"], batch["text"])
         model.validation_step(batch, 0)
-        text = model.encode_text(batch["text"])
-        exported = model.export_inference()(batch["image"], text.tokens, text.mask)
+        for name in TRAINING_ONLY:  # the eval logits cannot depend on weights that do not run
+            for p in model.net.get_submodule(name).parameters():
+                p.add_(torch.randn_like(p))
+        perturbed = model.segment(batch["image"], batch["text"])["logits"]
     assert calls == []
-    assert torch.allclose(exported, logits, atol=1e-5)
+    assert set(out) == {"logits"} and torch.equal(perturbed, out["logits"])
     model.train()
     model(batch["image"], model.encode_text(batch["text"]))
     assert set(calls) == set(TRAINING_ONLY)  # the hooks do fire when the heads run
 
 
-def test_exported_inference_graph_holds_no_training_only_weights():
+def test_inference_parameters_hold_no_training_only_weights():
     model = _model()
-    exported = model.export_inference()
-    keys = exported.state_dict().keys()
-    assert not any("reconstructor" in k or "vision_to_text" in k or "_head" in k or "text_encoder" in k for k in keys)
-    expected = sum(count_parameters(model.get_submodule(n)) for n in ("encoder", "decoder", "interaction.text_to_vision"))
-    assert count_parameters(exported) == expected
-    training_only = sum(count_parameters(model.get_submodule(n)) for n in TRAINING_ONLY)
-    assert count_parameters(exported) + training_only == count_parameters(model)
+    net = model.net
+    assert net.inference_modules == INFERENCE
+    inference = {id(p) for p in net.inference_parameters()}
+    training_only = {id(p) for name in TRAINING_ONLY for p in net.get_submodule(name).parameters()}
+    assert inference and training_only and not inference & training_only
+    expected = sum(count_parameters(net.get_submodule(n)) for n in INFERENCE)
+    assert sum(p.numel() for p in net.inference_parameters()) == expected
+    training_count = sum(count_parameters(net.get_submodule(n)) for n in TRAINING_ONLY)
+    assert expected + training_count == count_parameters(net) == count_parameters(model)  # model: no text encoder
 
 
 def test_training_masks_follow_the_ratios_and_padding_words_get_zero_weight():
@@ -84,6 +91,7 @@ def test_training_masks_follow_the_ratios_and_padding_words_get_zero_weight():
     text = model.encode_text(["left lung.", "One infected area in the upper left lung, a rather long note.",
                               "All lesions.", "The largest lesion, in the lower right lung."])
     out = model.train()(batch["image"], text)
+    assert model.net.vision_mask_ratio == 0.5 and model.net.text_mask_ratio == 0.3
     n_words = text.mask.sum(1)
     assert (out["patch_masked"].sum(1) == out["v"].shape[1] // 2).all()
     assert torch.equal(out["word_masked"].sum(1), (n_words * 0.3).floor().clamp_min(1).long())
@@ -97,7 +105,11 @@ def test_loss_has_every_term_of_eq_11_and_eval_loss_only_segmentation():
     batch = _batch(4)
     text = model.encode_text(batch["text"])
     losses = model.compute_loss(model.train()(batch["image"], text), batch["mask"], text)
-    total = losses["v2t"] + losses["t2v"] + 0.2 * losses["ccl"] + 5 * (losses["dice"] + losses["bce"])
+    hp = model.hparams
+    seg = hp.dice_weight * losses["dice"] + hp.bce_weight * losses["bce"]
+    assert torch.allclose(losses["seg"], seg)
+    total = (hp.v2t_weight * losses["v2t"] + hp.t2v_weight * losses["t2v"] + hp.ccl_weight * losses["ccl"]
+             + hp.seg_weight * seg)
     assert torch.allclose(losses["loss"], total)
     model.eval()
     with torch.no_grad():
@@ -140,32 +152,99 @@ def test_reconstruction_losses_fall_and_are_higher_for_mismatched_text():
     assert (matched < mismatched).all(), (matched, mismatched)
 
 
-def test_photometric_augmentation_changes_only_the_image_and_is_off_by_default():
-    assert _model().photometric is None
-    model = _model(augment=True)
+def test_photometric_augmentation_is_the_default_and_off_in_the_small_variant():
+    assert isinstance(_model().augmentation, PhotometricAugmentation)
+    assert _model(augmentation=False).augmentation is None
+    assert create_model("reclmis_small", text_encoder="tiny").augmentation is None
+    custom = PhotometricAugmentation(p=1.0)
+    assert _model(augmentation=custom).augmentation is custom
+
+
+def test_photometric_augmentation_changes_only_the_image():
+    model = _model()  # the default: PhotometricAugmentation
     batch = _batch(4)
     seen = []
     original = model.forward
     model.forward = lambda image, text: seen.append(image) or original(image, text)
+    scored = []
+
+    def compute_loss(outputs, mask, text):
+        scored.append(mask)
+        return RecLMIS.compute_loss(model, outputs, mask, text)
+
+    model.compute_loss = compute_loss
     torch.manual_seed(1)
     model.training_step(batch, 0)
     assert seen[0].shape == batch["image"].shape and not torch.equal(seen[0], batch["image"])
     assert seen[0].amin() >= batch["image"].amin() - 1e-4 and seen[0].amax() <= batch["image"].amax() + 1e-4
+    assert torch.equal(scored[0], batch["mask"])
+
+
+class Spy(nn.Module):
+    """Records its inputs and returns a recognisable image: the input inverted."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, image, mask, *aligned):
+        self.calls.append((image, mask, aligned))
+        return (-image, mask, *aligned)
+
+
+def test_the_base_training_step_applies_the_augmentation_through_transform_train_batch():
+    spy = Spy()
+    model = _model(augmentation=spy)
+    batch = _batch(4)
+    transformed, seen = [], []
+    original_transform, original_forward = model.transform_train_batch, model.forward
+    model.transform_train_batch = lambda b, text: transformed.append(original_transform(b, text)) or transformed[-1]
+    model.forward = lambda image, text: seen.append(image) or original_forward(image, text)
+    loss = model.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    ((image, mask, aligned),) = spy.calls  # one call per training step, on the batch's image and mask
+    assert image is batch["image"] and mask is batch["mask"] and aligned == ()
+    assert torch.equal(transformed[0]["image"], -batch["image"]) and transformed[0]["mask"] is batch["mask"]
+    assert torch.equal(seen[0], -batch["image"])  # the network sees the augmented image
+    model.eval()
+    with torch.no_grad():
+        model.validation_step(batch, 0)
+        model.predict_step({**batch, "id": ["a"] * 4, "orig_size": torch.full((4, 2), 32)}, 0)
+    assert len(spy.calls) == 1  # never outside training
 
 
 def test_requires_text_and_sides_divisible_by_16():
     model = _model().eval()
-    with pytest.raises(ValueError, match="needs text"):
+    assert model.output_stride == 16
+    with pytest.raises(ConfigError, match="needs text"):
         model(torch.zeros(1, 1, 32, 32), None)
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ConfigError, match="needs text"):
+        model.net(torch.zeros(1, 1, 32, 32), None)
+    with pytest.raises(ConfigError, match="multiples of 16"):
         model.segment(torch.zeros(1, 1, 40, 40), ["left lung."])
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        RecLMISNet(text_dim=8, widths=WIDTHS, num_heads=4, vision_mask_ratio=1.5)
+
+
+def _cli(config, *overrides):
+    return build_cli(["--config", config, "--model.init_args.text_encoder", "tiny", "--model.init_args.widths",
+                      "[4, 8, 16, 32, 32]", "--trainer.logger", "false", "--trainer.callbacks", "[]", *overrides],
+                     run=False)
 
 
 @pytest.mark.parametrize("config", ["configs/reclmis.yaml", "configs/reclmis_paper.yaml"])
 def test_configs_parse(config):
-    cli = LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                     subclass_mode_data=True, run=False,
-                     args=["--config", config, "--model.init_args.text_encoder", "tiny", "--model.init_args.widths", "[4, 8, 16, 32, 32]",
-                           "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    cli = _cli(config)
     assert isinstance(cli.model, RecLMIS) and cli.model.hparams.seg_weight == 5.0
-    assert cli.model.hparams.augment == (config == "configs/reclmis_paper.yaml")
+    if config == "configs/reclmis_paper.yaml":
+        assert isinstance(cli.model.augmentation, PhotometricAugmentation)
+        optimizer = cli.model.optimizer([nn.Parameter(torch.zeros(1))])
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
+    else:
+        assert cli.model.augmentation is None
+        assert cli.model.configure_optimizers().defaults["lr"] == 1e-3  # lr_scheduler: null
+
+
+def test_augmentation_can_be_switched_off_on_the_command_line():
+    assert _cli("configs/reclmis_paper.yaml", "--model.augmentation", "false").model.augmentation is None
+
