@@ -1,5 +1,5 @@
-"""Reliability guarantees (docs/reliability.md): mixed precision for every method, determinism, exact
-resume, DDP evaluation equal to one process, stride and checkpoint checks."""
+"""Reliability guarantees (docs/reliability.md): determinism, exact resume, DDP evaluation equal to one process,
+stride and checkpoint checks. Mixed precision for every model is in tests/models/test_contract.py."""
 from __future__ import annotations
 
 import json
@@ -18,21 +18,9 @@ import langseg
 from langseg.data import SyntheticReferringDataModule
 from langseg.errors import ConfigError
 from langseg.models import UNetBaseline
+from tests.tiny_models import TINY
 
 REPO = Path(__file__).resolve().parent.parent
-
-# The smallest sensible build of every registered model (text encoder: the tiny random BERT).
-TINY = {
-    "unet": dict(decoder_channels=(16, 8, 8, 8, 8)),
-    "lsms": dict(text_encoder="tiny", dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), kernel_sizes=(3, 5),
-                 ham_channels=16, decoder_channels=16, nmf_rank=4),
-    "reclmis": dict(text_encoder="tiny", widths=(4, 8, 16, 32, 32), num_heads=4),
-    "guidedecoder": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16, text_tokens=(16, 8, 4)),
-    "himix": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16, text_tokens=(16, 8, 4),
-                  text_layers=(2, 3, 4)),
-    "early_fusion": dict(text_encoder="tiny", decoder_channels=(32, 16, 8, 8, 8)),
-}
-
 
 def _data(**kw) -> SyntheticReferringDataModule:
     args = dict(num_train=16, num_val=8, num_test=8, image_size=32, batch_size=8, num_workers=0)
@@ -42,43 +30,6 @@ def _data(**kw) -> SyntheticReferringDataModule:
 def _trainer(**kw) -> L.Trainer:
     args = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     return L.Trainer(**{**args, **kw})
-
-
-def _builtin_models() -> dict[str, object]:
-    """langseg's own registrations (models users register, e.g. docs/extending.md's example, are not ours):
-    the method classes, and the factories of their registered variants (``<name>_small``)."""
-    return {n: langseg.get_model_class(n) for n in langseg.list_models()
-            if langseg.get_model_class(n).__module__.startswith("langseg.")}
-
-
-def test_every_registered_model_has_a_tiny_build():
-    builtin = _builtin_models()
-    classes = {n for n, obj in builtin.items() if isinstance(obj, type)}
-    assert classes == set(TINY)
-    for name, factory in builtin.items():
-        if name in classes:
-            continue
-        base = name.removesuffix("_small")  # a variant: its method's tiny build overrides its defaults
-        assert base in TINY, name
-        assert type(factory(**TINY[base])) is builtin[base], name
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_bf16_mixed_steps_have_finite_loss_and_gradients(name):
-    torch.manual_seed(0)
-    model = langseg.create_model(name, **TINY[name])
-    dm = _data()
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    model.train()
-    for _ in range(2):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model.training_step(batch, 0)
-        model.zero_grad()
-        loss.backward()
-        assert torch.isfinite(loss) and loss.dtype == torch.float32
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def _fit(tmp, max_steps, ckpt=None, every=None):

@@ -45,7 +45,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         dice_weight, bce_weight: weights of the default Dice + BCE loss.
         threshold: probability above which a pixel is foreground (metrics, predictions).
         optimizer: builds the optimiser from the trainable parameters (``--model.optimizer``).
-        lr_scheduler: builds a scheduler from the optimiser, or None (``--model.lr_scheduler``).
+        lr_scheduler: builds a scheduler from the optimiser (``--model.lr_scheduler``); True = the method's paper
+            schedule (``default_lr_scheduler``), None or False = none.
         augmentation: training-time batch transform ``augmentation(image, mask, *aligned) -> (image, mask,
             *aligned)``; True = the method's paper default (``default_augmentation``), False = none.
     """
@@ -66,7 +67,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
         bce_weight: float = 1.0,
         threshold: float = 0.5,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
-        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | bool | None = True,
         augmentation: nn.Module | bool = True,
     ) -> None:
         super().__init__()
@@ -77,7 +78,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.in_channels = in_channels
         self.use_text = use_text
         self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler = self.default_lr_scheduler() if lr_scheduler is True else lr_scheduler or None
         self.augmentation = self.default_augmentation() if augmentation is True else augmentation or None
         self.text_encoder: TextEncoder | None = None
         if use_text:
@@ -97,6 +98,10 @@ class LanguageGuidedSegmenter(L.LightningModule):
     def output_stride(self) -> int:
         """Input height and width must be multiples of this: the network's total stride."""
         return int(getattr(self.net, "output_stride", 1))
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable | None:
+        """The method's paper schedule, used when ``lr_scheduler=True``; none by default."""
+        return None
 
     def default_augmentation(self) -> nn.Module | None:
         """The method's paper augmentation, used when ``augmentation=True`` (called by the base ``__init__``,

@@ -1,6 +1,7 @@
 """Early text-image fusion (arXiv 2510.12482): the text becomes a pseudo-image in front of any smp network."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import torch
@@ -59,8 +60,6 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
     cosine annealing over 100 epochs.
     """
 
-    net_inputs = ("pseudo_image",)
-
     def __init__(
         self,
         arch: str = "Unet",
@@ -71,14 +70,17 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         roi_weight: float = 0.1,
         bce_weight: float = 0.0,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
-        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=100),
         **kwargs: Any,
     ) -> None:
-        super().__init__(bce_weight=bce_weight, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(bce_weight=bce_weight, optimizer=optimizer, **kwargs)
         self.net = EarlyFusionNet(self.in_channels, self.text_dim, arch=arch, encoder_name=encoder_name,
                                   encoder_weights=encoder_weights, encoder_depth=encoder_depth,
                                   decoder_channels=tuple(decoder_channels))
+        self.net_inputs = ("pseudo_image",) if self.net.generator is not None else ()
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable:
+        """Cosine annealing over 100 epochs."""
+        return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=100)
 
     def default_augmentation(self) -> nn.Module:
         return JointAugmentation()

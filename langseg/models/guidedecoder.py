@@ -1,6 +1,7 @@
 """GuideDecoder (Zhong et al., "Ariadne's Thread", MICCAI 2023): a timm ConvNeXt encoder and a text-guided decoder."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import timm
@@ -92,12 +93,14 @@ class GuideDecoder(LanguageGuidedSegmenter):
                  text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
                  head_channels: int = 24, max_text_length: int = 24,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
-                 lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-                     optimizer, T_max=200, eta_min=1e-6),
                  **kwargs: Any) -> None:
-        super().__init__(max_text_length=max_text_length, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         self.net = GuideDecoderNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, max_text_length,
                                    text_tokens, head_channels, self_heads=self_heads, cross_heads=cross_heads)
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable:
+        """Cosine annealing over 200 epochs to 1e-6."""
+        return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200, eta_min=1e-6)
 
 
 register_variant("guidedecoder_small", GuideDecoder, "GuideDecoder on ConvNeXt-Atto, AdamW at 1e-3, no schedule: "

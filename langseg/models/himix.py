@@ -1,6 +1,7 @@
 """HiMix (Hwang et al., WACV 2026): GuideDecoder whose stages read layer groups of the text encoder."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal, Sequence
 
 import torch
@@ -56,13 +57,15 @@ class HiMix(LanguageGuidedSegmenter):
                  heads: int = 8, sigma: float = 5.0, centred_fft: bool = True, head_channels: int = 24,
                  max_text_length: int = 24,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
-                 lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-                     optimizer, T_max=200, eta_min=1e-6),
                  **kwargs: Any) -> None:
-        super().__init__(max_text_length=max_text_length, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
         self.net = HiMixNet(self.in_channels, self.text_dim, tuple(layers), encoder_name, encoder_checkpoint,
                             max_text_length, text_tokens, head_channels, heads, sigma, centred_fft)
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable:
+        """Cosine annealing over 200 epochs to 1e-6, as GuideDecoder."""
+        return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200, eta_min=1e-6)
 
 
 register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: configs/himix.yaml.",

@@ -5,6 +5,7 @@ boundary-weighted Dice (Eq. 13) plus 0.125 x the vision-language pixel contrasti
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import torch
@@ -76,13 +77,15 @@ class LSMS(LanguageGuidedSegmenter):
         con_samples: int = 256,
         boundary_weight: float = 1.2,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-5, weight_decay=1e-2),
-        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=100, power=0.9),
         **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(optimizer=optimizer, **kwargs)
         self.net = LSMSNet(self.in_channels, self.text_dim, dims, depths, mlp_ratios, kernel_sizes, decoder_stages,
                            ham_channels, decoder_channels, nmf_rank, contrastive=con_weight > 0)
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable:
+        """Polynomial decay (power 0.9) over 100 epochs (Sec. IV-C)."""
+        return partial(torch.optim.lr_scheduler.PolynomialLR, total_iters=100, power=0.9)
 
     def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
         """L = α L_con + L_seg (Eq. 15), L_seg = focal + boundary-weighted Dice (Eq. 13); L_con only in training."""

@@ -7,6 +7,7 @@ vision). At inference (``net.eval()``) only the encoder, the text-to-vision half
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -108,13 +109,15 @@ class RecLMIS(LanguageGuidedSegmenter):
         seg_weight: float = 5.0,
         ccl_temperature: float = 0.07,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
-        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=200),
         **kwargs: Any,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(optimizer=optimizer, **kwargs)
         self.net = RecLMISNet(self.in_channels, self.text_dim, widths, num_heads, mlp_ratio, recon_depth,
                               vision_mask_ratio, text_mask_ratio)
+
+    def default_lr_scheduler(self) -> LRSchedulerCallable:
+        """Cosine annealing over 200 epochs (Sec. IV-B)."""
+        return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200)
 
     def default_augmentation(self) -> nn.Module:
         return PhotometricAugmentation(self.in_channels)

@@ -130,3 +130,14 @@ def test_small_variant_is_what_the_quick_config_trains(name):
     assert _optimizer_summary(variant) == _optimizer_summary(cli.model)
     assert type(variant.augmentation) is type(cli.model.augmentation)
     assert sum(p.numel() for p in variant.net.parameters()) == sum(p.numel() for p in cli.model.net.parameters())
+
+
+@pytest.mark.parametrize("config", ["lsms_paper.yaml", "reclmis_paper.yaml", "guidedecoder_paper.yaml",
+                                    "himix_paper.yaml", "early_fusion_unet_paper.yaml"])
+def test_paper_config_trains_with_the_method_default_schedule(config):
+    tiny = ["--model.text_encoder", "tiny"] + (["--model.text_layers", "[2, 3, 4]"] if "himix" in config else [])
+    cli = build_cli(["--config", str(REPO / "configs" / config), *tiny], run=False)
+    expected = cli.model.default_lr_scheduler()
+    scheduler = cli.model.configure_optimizers()["lr_scheduler"]
+    assert type(scheduler) is expected.func
+    assert all(getattr(scheduler, k) == v for k, v in expected.keywords.items())

@@ -177,9 +177,6 @@ def test_without_text_it_is_the_plain_smp_model():
     assert torch.equal(model.segment(image, None)["logits"], plain(image))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="langseg bug: net_inputs names 'pseudo_image' also without text, but transform_train_batch "
-                          "then adds none, so the base training_step looks up a missing key")
 def test_without_text_a_training_step_runs():
     model = _model(use_text=False, arch="FPN")
     assert torch.isfinite(model.training_step(_batch(), 0))

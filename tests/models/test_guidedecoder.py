@@ -7,7 +7,7 @@ from langseg.errors import ConfigError
 from langseg.lightning_cli import build_cli
 from langseg.models import GuideDecoder, GuideDecoderNet, HiMix, HiMixNet
 from langseg.registry import create_model
-from tests.models.test_base import _batch
+from tests.conftest import synthetic_batch as _batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["one lesion in the left lung", "two lesions in the right upper zone"]

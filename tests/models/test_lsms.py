@@ -140,8 +140,6 @@ def test_paper_config_has_the_paper_recipe():
     assert cli.model.augmentation is None and not cli.model.text_encoder.frozen  # no augmentation, BERT fine-tuned
 
 
-@pytest.mark.xfail(strict=True, reason="langseg bug: in subclass mode jsonargparse replaces a subclass's Optional "
-                   "lr_scheduler default by the base class's None, so paper configs train without their schedule")
 def test_paper_config_keeps_the_model_default_polynomial_decay():
     config = _cli("configs/lsms_paper.yaml", "--model.init_args.text_encoder", "tiny").model.configure_optimizers()
     assert isinstance(config, dict), "configure_optimizers() returned no scheduler"

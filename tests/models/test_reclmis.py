@@ -16,13 +16,7 @@ TRAINING_ONLY = ("vision_reconstructor", "text_reconstructor", "interaction.visi
                  "interaction.woi_head")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(**kwargs):
