@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+import langseg
 from benchmarks.common import fit_and_test, machine
 from langseg.data import SyntheticReferringDataModule
 from langseg.models import EarlyFusionSegmenter
@@ -35,7 +36,7 @@ def cost_table() -> list[str]:
             image = torch.rand(1, 1, size, size)
             text = model.encode_text(TEXTS[:1])
             macs = count_macs(lambda: model(image, text))  # noqa: B023
-            gen = count_parameters(model.generator) if use_text else 0
+            gen = count_parameters(model.net.generator) if use_text else 0
             label = "early fusion (image + pseudo-image)" if use_text else "plain U-Net (use_text: false)"
             rows.append(f"| {label} | {size}² | {count_parameters(model, trainable_only=True) / 1e6:.4f} | "
                         f"{gen / 1e6:.4f} | {macs / 1e9:.3f} |")
@@ -64,7 +65,7 @@ def training_table(epochs: int, num_train: int) -> tuple[list[str], list[tuple[s
     results, text_models = [], []
     for label, kwargs in ARMS:
         torch.manual_seed(0)
-        model = EarlyFusionSegmenter(bce_weight=1.0, lr=1e-3, **kwargs, **UNET)
+        model = langseg.create_model("early_fusion_small", **kwargs)  # UNET, Dice + BCE, AdamW 1e-3, no schedule
         res = fit_and_test(model, max_epochs=epochs, num_train=num_train, num_val=64, num_test=256, batch_size=32,
                            num_workers=0)
         results.append(res)

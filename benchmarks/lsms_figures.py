@@ -1,7 +1,8 @@
 """LSMS figures: parameters and FLOPs against Table II (8.78 M, 8.91 G), and text vs image-only on synthetic data.
 
     PYTHONPATH=. python benchmarks/lsms_figures.py            # writes docs/benchmarks/lsms.md
-    PYTHONPATH=. python benchmarks/lsms_figures.py --quick    # short training, for a smoke check
+    PYTHONPATH=. python benchmarks/lsms_figures.py --quick    # short training, for a smoke check; writes to the
+                                                              # temp folder unless --out is given
 
 FLOPs are multiply-adds (one multiply-add = one FLOP) counted by ``langseg.profiling.count_macs``
 (torch's FlopCounterMode: convolutions, matmuls, NMF and attention products; not element-wise ops).
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import langseg
 from benchmarks.common import fit_and_test, machine
 from langseg.blocks.full_scale_decoder import FullScaleDecoder
 from langseg.blocks.svla import LanguageGuidedVisionEncoder
-from langseg.models import LSMS
 from langseg.profiling import count_macs, count_parameters
 
 PAPER_PARAMS_M, PAPER_FLOPS_G = 8.78, 8.91
@@ -122,8 +124,6 @@ def complexity_section() -> list[str]:
 
 def training_section(quick: bool, out: Path, head: list[str]) -> list[str]:
     epochs, num_train = (1, 128) if quick else (6, 1024)
-    quick_args = dict(text_encoder="minilm", dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
-                      decoder_channels=64, nmf_rank=8, lr=2e-3)
     data = dict(num_train=num_train, num_val=128, num_test=256, image_size=64, batch_size=32, num_workers=0)
     lines = ["## Synthetic referring-lesion data: text vs image-only", "",
              f"`benchmarks.common.fit_and_test`, {epochs} epochs, {num_train} train / 128 val / 256 test images of "
@@ -134,7 +134,8 @@ def training_section(quick: bool, out: Path, head: list[str]) -> list[str]:
              "| variant | test Dice | test mIoU | test Dice, swapped text | fit time (s) |", "|---|---|---|---|---|"]
     for label, use_text in (("LSMS (text, L_con)", True), ("LSMS image-only", False)):
         torch.manual_seed(0)
-        result = fit_and_test(LSMS(use_text=use_text, **quick_args), max_epochs=epochs, **data)
+        model = langseg.create_model("lsms_small", use_text=use_text, text_encoder="minilm")  # AdamW 2e-3, no schedule
+        result = fit_and_test(model, max_epochs=epochs, **data)
         swapped = f"{result['test/dice_swapped_text']:.3f}" if use_text else "n/a"
         lines.append(f"| {label} | {result['test/dice']:.3f} | {result['test/miou']:.3f} | {swapped} | "
                      f"{result['fit_seconds']:.0f} |")
@@ -151,8 +152,10 @@ def _write(out: Path, lines: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on 128 images")
-    parser.add_argument("--out", default="docs/benchmarks/lsms.md")
+    parser.add_argument("--out", help="default: docs/benchmarks/lsms.md; with --quick, lsms.md in the temp folder")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(Path(tempfile.gettempdir()) / "lsms.md") if args.quick else "docs/benchmarks/lsms.md"
     command = "PYTHONPATH=. python benchmarks/lsms_figures.py" + (" --quick" if args.quick else "")
     lines = ["# LSMS figures", "", f"Machine: {machine()}", "", f"Command: `{command}`", ""]
     lines += complexity_section() + [""]

@@ -1,11 +1,13 @@
-"""Performance of every registered model, the frozen-text cache and the training-loop overhead.
+"""Performance of every registered paper-size model, the frozen-text cache and the training-loop overhead.
 
     PYTHONPATH=. python benchmarks/performance.py            # full run, writes docs/benchmarks.md
     PYTHONPATH=. python benchmarks/performance.py --quick    # CI-sized (64x64, few steps), prints only
 
 Each model is measured in its own subprocess so that its peak memory (CPU: max resident set size;
 GPU: torch.cuda.max_memory_allocated) is its own. FLOPs: multiply-adds of one forward pass at the
-paper's input size, text encoder excluded (one multiply-add = one FLOP, as the papers count).
+paper's input size, text encoder excluded (one multiply-add = one FLOP, as the papers count), in eval mode:
+the inference graph (for RecLMIS, ``RecLMISNet.inference_modules`` only). ``--models unet_small ...``
+measures the ``*_small`` variants of the quick configs.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _train_steps(model, batch: dict, steps: int, device: torch.device, precision
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             text = model.encode_text(batch["text"])
-            loss = model.compute_loss(model.run(batch["image"], text), batch["mask"], text)["loss"]
+            loss = model.compute_loss(model(batch["image"], text), batch["mask"], text)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -164,8 +166,7 @@ def measure_overhead(quick: bool) -> dict:
         for epoch in range(2):
             for batch in batches:
                 start = time.perf_counter()
-                logits = model(batch["image"], None)
-                loss = model.compute_loss({"logits": logits}, batch["mask"], None)["loss"]
+                loss = model.compute_loss(model(batch["image"], None), batch["mask"], None)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -215,7 +216,8 @@ def render(rows: list[dict], cache: dict, overhead: dict, machine: str, command:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64x64, few steps; prints instead of writing docs")
-    parser.add_argument("--models", nargs="*", help="registered names (default: all)")
+    parser.add_argument("--models", nargs="*",
+                        help="registered names (default: every paper-size model, i.e. all but the *_small variants)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -230,7 +232,7 @@ def main() -> None:
     import langseg
     from benchmarks.common import machine
 
-    names = opts.models or langseg.list_models()
+    names = opts.models or [name for name in langseg.list_models() if not name.endswith("_small")]
     rows = [_child("model", name, opts.quick, opts.precision) for name in names]
     cache = _child("cache", "", opts.quick)
     overhead = _child("overhead", "", opts.quick)

@@ -1,10 +1,13 @@
 """RecLMIS figures: inference/training parameters and FLOPs at 224x224, CPU latency, text vs swapped-text Dice.
 
     PYTHONPATH=. python benchmarks/reclmis_figures.py            # full run, writes docs/benchmarks/reclmis.md
-    PYTHONPATH=. python benchmarks/reclmis_figures.py --quick    # short smoke run (fewer epochs and timings)
+    PYTHONPATH=. python benchmarks/reclmis_figures.py --quick    # short smoke run (fewer epochs and timings);
+                                                                 # prints only
 
 FLOPs follow the papers' convention (``langseg.profiling.count_macs``: one multiply-add = one FLOP); the
-text encoder is left out of every parameter and FLOP count, as in the paper.
+text encoder is left out of every parameter and FLOP count, as in the paper. The inference graph is
+``model.net`` in eval mode (it runs only ``RecLMISNet.inference_modules``), its parameters are
+``model.net.inference_parameters()``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import langseg
 from benchmarks.common import fit_and_test, machine
 from langseg.models import RecLMIS
 from langseg.profiling import count_macs, count_parameters
@@ -33,49 +37,52 @@ def _millions(module: nn.Module) -> float:
 def complexity(size: int = 224) -> tuple[list[tuple[str, float, float | None]], dict[str, float]]:
     """Per-part parameters (M) and FLOPs (G) of the paper-width model on one ``size`` x ``size`` RGB image."""
     model = RecLMIS(in_channels=3, widths=(64, 128, 256, 512, 512), num_heads=8, recon_depth=3)
+    net = model.net
     text = model.encode_text([NOTE])
     image = torch.randn(1, 3, size, size)
-    inference = model.export_inference()
-    inf_macs = count_macs(lambda: inference(image, text.tokens, text.mask)) / 1e9
-    model.train()
+    net.eval()  # the inference graph: encoder, text-to-vision half of CI, decoder
+    inf_macs = count_macs(lambda: net(image, text)) / 1e9
+    inf_params = sum(p.numel() for p in net.inference_parameters()) / 1e6
+    net.train()
     pair = torch.tensor([0, 0])  # the contrastive loss needs a batch; report per image
-    train_macs = count_macs(lambda: model(image[pair], text.index_select(pair))) / 2e9
-    ci = model.interaction
+    train_macs = count_macs(lambda: net(image[pair], text.index_select(pair))) / 2e9
+    ci = net.interaction
     rows = [
-        ("U-Net encoder", _millions(model.encoder), None),
-        ("U-Net decoder with PLAM skips", _millions(model.decoder), None),
+        ("U-Net encoder", _millions(net.encoder), None),
+        ("U-Net decoder with PLAM skips", _millions(net.decoder), None),
         ("CI text-to-vision half (kept at inference)", _millions(ci.text_to_vision), None),
         ("CI vision-to-text half + W_poi/W_woi heads (training only)",
          _millions(ci.vision_to_text) + _millions(ci.poi_head) + _millions(ci.woi_head), None),
-        ("Conditioned vision reconstructor, 3 layers (training only)", _millions(model.vision_reconstructor), None),
-        ("Conditioned language reconstructor, 3 layers (training only)", _millions(model.text_reconstructor), None),
+        ("Conditioned vision reconstructor, 3 layers (training only)", _millions(net.vision_reconstructor), None),
+        ("Conditioned language reconstructor, 3 layers (training only)", _millions(net.text_reconstructor), None),
     ]
-    totals = {"inf_params": _millions(inference), "inf_flops": inf_macs, "train_params": _millions(model),
+    totals = {"inf_params": inf_params, "inf_flops": inf_macs, "train_params": _millions(net),
               "train_flops": train_macs, "text_encoder_params": count_parameters(model.text_encoder, exclude=()) / 1e6,
               "text_tokens": float(text.tokens.shape[1]), "text_dim": float(model.text_dim)}
     return rows, totals
 
 
 def latency_ms(size: int = 224, repeats: int = 10) -> tuple[float, float]:
-    """Median and min milliseconds per image of the exported inference graph, batch 1, CPU."""
+    """Median and min milliseconds per image of the inference graph (``model.net`` in eval mode), batch 1, CPU."""
     model = RecLMIS(in_channels=3, widths=(64, 128, 256, 512, 512), num_heads=8)
     text = model.encode_text([NOTE])
-    inference = model.export_inference()
+    net = model.net.eval()
     image = torch.randn(1, 3, size, size)
     times = []
     with torch.inference_mode():
         for i in range(repeats + 2):
             start = time.perf_counter()
-            inference(image, text.tokens, text.mask)
+            net(image, text)
             if i >= 2:
                 times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), min(times)
 
 
 def synthetic(max_epochs: int, num_train: int) -> dict[str, float]:
-    """Train the quick-config RecLMIS (configs/reclmis.yaml widths) with MiniLM on the synthetic data, then test."""
+    """Train the quick-config RecLMIS (``reclmis_small`` = configs/reclmis.yaml: widths 16..128, 4 heads, AdamW 1e-3,
+    no schedule, no augmentation) with MiniLM on the synthetic data, then test."""
     torch.manual_seed(0)
-    model = RecLMIS(widths=(16, 32, 64, 128, 128), num_heads=4, recon_depth=3, text_encoder="minilm", lr=1e-3)
+    model = langseg.create_model("reclmis_small", recon_depth=3, text_encoder="minilm")
     return fit_and_test(model, max_epochs=max_epochs, num_train=num_train, num_val=128, num_test=256,
                         image_size=64, batch_size=32, num_workers=0)
 
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "| graph | params (M), ours | params (M), paper | FLOPs (G), ours | FLOPs (G), paper |",
         "|---|---|---|---|---|",
-        f"| inference (`export_inference()`) | {tot['inf_params']:.2f} ({delta(tot['inf_params'], 'inf_params')}) "
+        f"| inference (`net.eval()`, `net.inference_parameters()`) "
+        f"| {tot['inf_params']:.2f} ({delta(tot['inf_params'], 'inf_params')}) "
         f"| {PAPER['inf_params']} | {tot['inf_flops']:.2f} ({delta(tot['inf_flops'], 'inf_flops')}) | {PAPER['inf_flops']} |",
         f"| training (all heads, per image) | {tot['train_params']:.2f} ({delta(tot['train_params'], 'train_params')}) "
         f"| {PAPER['train_params']} | {tot['train_flops']:.2f} ({delta(tot['train_flops'], 'train_flops')}) "
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|",
         f"| {machine()} | {median:.1f} | {best:.1f} | {PAPER['latency_ms']} |",
         "",
-        f"({repeats} timed runs after 2 warm-ups, exported inference graph, text features precomputed, "
+        f"({repeats} timed runs after 2 warm-ups, inference graph (`net.eval()`), text features precomputed, "
         f"{torch.get_num_threads()} intra-op thread(s); other jobs may have shared the 2 cores.)",
         "",
         "## Synthetic referring-lesion data: text vs swapped text",
@@ -144,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     text = "\n".join(lines)
     sys.stdout.write(text)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
+    if not args.quick:
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

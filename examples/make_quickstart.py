@@ -14,7 +14,7 @@ cells = [
     ("code", "L.seed_everything(0)\ndm = SyntheticReferringDataModule(num_train=256, num_val=64, num_test=64, "
              "batch_size=32, num_workers=0)\ndm.setup(\"fit\")\nsample = dm.dataset(\"train\")[0]\n"
              "print(sample[\"text\"], tuple(sample[\"image\"].shape))"),
-    ("code", "model = langseg.create_model(\"unet\", decoder_channels=(128, 64, 32, 16, 8))\n"
+    ("code", "model = langseg.create_model(\"unet_small\")  # the U-Net of configs/unet.yaml (decoder 128 .. 8)\n"
              "trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_model_summary=False,\n"
              "                    enable_progress_bar=False)\ntrainer.fit(model, dm)\n"
              "{k: round(float(v), 3) for k, v in trainer.callback_metrics.items() if k.startswith(\"val/\")}"),
@@ -27,7 +27,7 @@ cells = [
              "    axes[row, 0].text(0, -12, batch[\"text\"][i], fontsize=8, wrap=True)\nfig.tight_layout()"),
     ("markdown", "The baseline cannot read the text, so where the text names one lesion of several it "
                  "segments the wrong set. Text-guided methods (the other names in `langseg.list_models()`, or "
-                 "the 40-line FiLM example in `docs/extending.md`) close that gap; `test/dice_swapped_text` "
+                 "the FiLM example in `docs/extending.md`) close that gap; `test/dice_swapped_text` "
                  "measures it."),
     ("code", "(result,) = trainer.test(model, dm, verbose=False)\n{k: round(v, 3) for k, v in result.items()}"),
 ]
