@@ -24,7 +24,8 @@ def register_model(name: str) -> Callable[[T], T]:
 
 def register_variant(name: str, model: Callable[..., Any], description: str, **defaults: Any) -> Callable[..., Any]:
     """Register ``name`` as ``model`` with other defaults (a timm-style variant):
-    ``create_model(name, **kwargs)`` builds ``model(**{**defaults, **kwargs})``."""
+    ``create_model(name, **kwargs)`` builds ``model(**{**defaults, **kwargs})``; the factory keeps them in
+    ``.defaults``."""
 
     def build(**kwargs: Any) -> Any:
         return model(**{**defaults, **kwargs})
@@ -32,6 +33,7 @@ def register_variant(name: str, model: Callable[..., Any], description: str, **d
     build.__name__ = build.__qualname__ = name
     build.__module__ = model.__module__
     build.__doc__ = description
+    build.defaults = dict(defaults)  # type: ignore[attr-defined]
     return register_model(name)(build)
 
 

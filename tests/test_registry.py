@@ -3,7 +3,6 @@ import pytest
 import langseg
 from langseg.errors import ConfigError
 from langseg.models import UNetBaseline
-from langseg.models.unet import UNET_SMALL
 
 
 def test_create_and_list_models():
@@ -20,10 +19,11 @@ def test_every_small_variant_has_a_full_size_model():
 
 
 def test_a_small_variant_builds_the_full_class_with_its_defaults_and_takes_overrides():
+    small = langseg.get_model_class("unet_small").defaults
     model = langseg.create_model("unet_small", in_channels=3)
     assert type(model) is UNetBaseline and model.hparams.in_channels == 3
-    assert tuple(model.hparams.decoder_channels) == UNET_SMALL["decoder_channels"]
-    assert model.net.model.decoder.blocks[-1].conv2[0].out_channels == UNET_SMALL["decoder_channels"][-1]
+    assert tuple(model.hparams.decoder_channels) == small["decoder_channels"]
+    assert model.net.model.decoder.blocks[-1].conv2[0].out_channels == small["decoder_channels"][-1]
     wider = langseg.create_model("unet_small", decoder_channels=(32, 16, 8, 8, 8))
     assert tuple(wider.hparams.decoder_channels) == (32, 16, 8, 8, 8)
 
