@@ -2,7 +2,10 @@
 every output under the run's directory."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -10,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from langseg.callbacks import FitSummary, PredictionWriter, TestReport
 from langseg.data.datamodules import SegmentationDataModule
+from langseg.errors import ConfigError
 from langseg.models.base import LanguageGuidedSegmenter
 
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
@@ -34,6 +38,19 @@ class LangsegCLI(LightningCLI):
         parser.add_lightning_class_args(FitSummary, "fit_summary")
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuses, before Lightning reads the checkpoint's hyper-parameters into the config (which would
+        silently swap the model), a ``--ckpt_path`` that holds another model than the config builds."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("langseg_model")
+            wanted = str(config.model.class_path).rsplit(".", 1)[-1] if config.get("model") else None
+            if saved is not None and wanted is not None and saved != wanted:
+                raise ConfigError(f"--ckpt_path {ckpt_path} holds a {saved} model, but the config builds {wanted}; "
+                                  f"pass a checkpoint of the same model (or the config it was trained with)")
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -32,6 +32,11 @@ def test_readme_fit_then_test_prints_dice_miou_and_swapped_text(tmp_path):
     for key in ("test/dice", "test/miou", "test/dice_pooled", "test/dice_swapped_text"):
         assert key in test.stdout
     assert (tmp_path / "runs" / "unet" / "version_1" / "results" / "test_summary.json").is_file()
+    other = langseg("test", "--config", "configs/lsms.yaml", "--ckpt_path", "runs/unet/version_0/checkpoints/last.ckpt",
+                    *TINY, cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "holds a UNetBaseline model, but the config builds LSMS" in other.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs" / "lsms").exists()  # refused before anything ran or was written
 
 
 def test_default_root_dir_moves_every_output_and_runs_never_overwrite(tmp_path):
