@@ -30,7 +30,7 @@ log = logging.getLogger("langseg")
 def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str) -> Path:
     """``output_dir`` when given, else ``<trainer.log_dir>/<name>``: the run's own folder (the logger's
     version directory, or ``default_root_dir`` without a logger)."""
-    return Path(output_dir) if output_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / name
+    return Path(output_dir) if output_dir is not None else Path(trainer.log_dir) / name
 
 
 class FitSummary(L.Callback):
@@ -103,6 +103,7 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.output_dir = run_output_dir(trainer, self.output_dir_arg, "predictions")
 
+    @rank_zero_only
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log.info("predictions written to %s", self.output_dir)
 

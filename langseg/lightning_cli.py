@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -45,7 +44,7 @@ class LangsegCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", None)
         ckpt_path = config.get("ckpt_path") if config is not None else None
         if ckpt_path and Path(ckpt_path).is_file():
-            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("langseg_model")
+            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("langseg_model")
             wanted = str(config.model.class_path).rsplit(".", 1)[-1] if config.get("model") else None
             if saved is not None and wanted is not None and saved != wanted:
                 raise ConfigError(f"--ckpt_path {ckpt_path} holds a {saved} model, but the config builds {wanted}; "
