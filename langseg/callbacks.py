@@ -192,6 +192,11 @@ class TestReport(L.Callback):
             "hd95": sum(finite) / len(finite) if finite else float("nan"), "hd95_defined_images": len(finite),
             "dice_swapped_text": sum(r["dice_swapped_text"] for r in rows) / n,
         }
+        if rows and not any(r["tp"] + r["fn"] for r in rows):
+            dataset = getattr(getattr(pl_module.trainer, "datamodule", None), "datasets", {}).get("test")
+            source = getattr(getattr(dataset, "dataset", dataset), "source", "the test split")
+            log.warning("%s: every mask of the %d test images is empty; Dice is 1 only where the prediction is "
+                        "empty too, so these metrics say nothing about lesions", source, len(rows))
         atomic_write_text(self.output_dir / "test_summary.json", json.dumps(summary, indent=2) + "\n")
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
-from langseg.errors import LangsegError
+import yaml
+
+from langseg.errors import ConfigError, LangsegError
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (langseg fit --config configs/unet.yaml; every option: langseg fit --help)",
@@ -79,6 +84,60 @@ def _run_tool(argv: list[str]) -> None:
         sys.stdout.write(f"{len(rows)} configs compared: {opts.output}/comparison.md\n")
 
 
+def check_yaml(path: Path, _seen: set[Path] | None = None) -> None:
+    """A ConfigError naming ``path`` (and line) when it, or a YAML file it names, is missing or not valid YAML;
+    jsonargparse would report a syntax error in ``<unicode string>``."""
+    seen = set() if _seen is None else _seen
+    if path.resolve() in seen:
+        return
+    seen.add(path.resolve())
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {getattr(err, 'problem', None) or err}") from err
+    if doc is not None and not isinstance(doc, dict):
+        raise ConfigError(f"{path}: holds a {type(doc).__name__}; expected options as 'key: value' lines")
+    stack: list[Any] = [doc]
+    while stack:  # nested config files (e.g. ``data: data/synthetic.yaml``) resolve against this file's folder
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+        elif isinstance(value, str) and value.endswith((".yaml", ".yml")) and (path.parent / value).is_file():
+            check_yaml(path.parent / value, seen)
+
+
+def prepare_lightning_args(argv: list[str]) -> list[str]:
+    """Checks the YAML files named on the command line, and turns ``--model <registered name>`` into its
+    class and defaults (e.g. ``--model lsms_small``)."""
+    out, i = [], 0
+    while i < len(argv):
+        option, joined, value = argv[i].partition("=")
+        step = 1 if joined else 2
+        if not joined:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if option in ("-c", "--config", "--data", "--model", "--trainer") and value.endswith((".yaml", ".yml")):
+            check_yaml(Path(value))
+        if option == "--model" and value and not value.startswith(("-", "{")) and "." not in value:
+            import langseg.models  # noqa: F401 - registers the models
+            from langseg.registry import list_models, model_config
+
+            if value in list_models():
+                out.append(f"--model={json.dumps(model_config(value))}")
+                i += step
+                continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``langseg`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -89,7 +148,10 @@ def main(args: list[str] | None = None) -> None:
         else:
             from langseg.lightning_cli import build_cli
 
-            build_cli(args)  # None: Lightning reads sys.argv itself
+            prepared = prepare_lightning_args(argv)
+            if args is None:  # Lightning warns when given both args and a command line: hand it sys.argv
+                sys.argv[1:] = prepared
+            build_cli(None if args is None else prepared)
     except Exception as err:
         cause = _find_langseg_error(err)
         if cause is None:

@@ -12,3 +12,7 @@ class DataError(LangsegError, ValueError):
 
 class ConfigError(LangsegError, ValueError):
     """A model, text-encoder or config value cannot be used."""
+
+
+class OutputError(LangsegError):
+    """An output file or folder cannot be written (read-only, not a folder, disk full)."""

@@ -6,18 +6,24 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from langseg.errors import OutputError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``; an OSError
+    (read-only folder, full disk) becomes an OutputError naming ``path``, and no partial file is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); nothing was written") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 

@@ -1,22 +1,189 @@
-"""``LangsegCLI``: Lightning's CLI over every langseg model and datamodule, with the standard callbacks and
-every output under the run's directory."""
+"""``LangsegCLI``: Lightning's CLI over every langseg model and datamodule, with the standard callbacks,
+every output under the run's own directory, atomic checkpoints and one-line errors."""
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from langseg.callbacks import FitSummary, PredictionWriter, TestReport
 from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import ConfigError
+from langseg.files import atomic_write
 from langseg.models.base import LanguageGuidedSegmenter
 
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
 CHECKPOINT_DEFAULTS = {"checkpoint.monitor": "val/dice", "checkpoint.mode": "max", "checkpoint.save_last": True}
+EVALUATION_OPTIONS = ("threshold", "text_encoder")  # model options a checkpoint's user may change after training
+OUTPUT_OPTIONS = ("trainer.default_root_dir", "test_report.output_dir", "prediction_writer.output_dir")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its path and renames it: a crash or a full disk
+    leaves the previous checkpoint or none, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote filesystems: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+class RunLogger(CSVLogger):
+    """``CSVLogger`` whose ``version_<n>`` folder is claimed with ``mkdir``: two runs started at once in the
+    same ``default_root_dir`` get different folders (and so never share checkpoints)."""
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0:  # other DDP processes read the folder from rank 0 (trainer.log_dir)
+            return version
+        root = Path(self.root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+
+
+def check_output_dir(option: str, folder: str | Path) -> None:
+    """Creates ``folder`` and checks a file can be written in it, or a ConfigError naming the option."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        what = "is not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else "is not writable"
+        raise ConfigError(f"--{option} {folder}: {what} ({err.strerror or err}); expected a folder "
+                          f"langseg can write its outputs to") from err
+
+
+def explicit_model_options(argv: list[str]) -> set[str]:
+    """Names of the model's init arguments given on the command line (``--model.init_args.x``, ``--model.x``)."""
+    names = set()
+    for token in argv:
+        if token.startswith("--model."):
+            key = token[len("--model."):].split("=", 1)[0]
+            key = key.removeprefix("init_args.").removeprefix("dict_kwargs.")
+            names.add(key.split(".", 1)[0])
+    return names
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` (tensors memory-mapped), or a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"--ckpt_path {path} {what}; expected a checkpoint file written by langseg fit "
+                          f"(<run>/checkpoints/last.ckpt)")
+    try:
+        try:
+            ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except RuntimeError as err:  # a legacy (non-zip) torch file cannot be memory-mapped: read it whole
+            if "mmap" not in str(err):
+                raise
+            ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file; each means the same here
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint ({reason}); the file is truncated "
+                          f"(e.g. written on a full disk), damaged, or not a checkpoint") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path}: holds no model weights (no 'state_dict'); expected a checkpoint "
+                          f"written by langseg fit")
+    return ckpt
+
+
+class LangsegArgumentParser(LightningArgumentParser):
+    """Lightning's parser, reporting a bad option as one ``langseg: error:`` line (no usage dump)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        sys.stderr.write(f"langseg: error: {one_line_parser_error(message, self)}\n")
+        self.exit(2)
+
+
+def _option_names(parser: Any) -> list[str]:
+    names = list(getattr(parser, "_option_string_actions", {}))
+    for action in getattr(parser, "_actions", []):
+        for sub in (getattr(action, "_name_parser_map", None) or {}).values():
+            names += _option_names(sub)
+    return names
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def _init_options(class_path: str) -> list[str]:
+    """The init arguments of the class at ``class_path`` (and of its bases, when it forwards ``**kwargs``)."""
+    from jsonargparse._util import import_object
+
+    try:
+        cls = import_object(class_path)
+    except Exception:  # noqa: BLE001 - only used for a suggestion
+        return []
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", (cls,)):
+        params = inspect.signature(klass.__init__).parameters.values() if "__init__" in vars(klass) else []
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if "__init__" in vars(klass) and not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def one_line_parser_error(message: str, parser: Any) -> str:
+    """jsonargparse's multi-line message reduced to the key, what was wrong, and the nearest valid names."""
+    from langseg.registry import list_models
+
+    lines = [ln.strip().lstrip("- ").strip() for ln in message.strip().splitlines()]
+    given = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), "")
+    key = re.match(r'Parser key "([^"]+)"', lines[0])
+    key = key.group(1) if key else ""
+    if key == "model" and given and "." not in given and "(" not in given:
+        return f"--model {given}: no such model; registered models: {', '.join(list_models())} (or a class name)"
+    if key == "data" and given and "." not in given and "(" not in given:
+        names = sorted(c.__name__ for c in _subclasses(SegmentationDataModule))
+        return f"--data {given}: no such data module; expected one of {', '.join(names)} (or a YAML file)"
+    problem = re.search(r"Problem with given class_path '([\w.]+)':", message)
+    if problem:
+        cls = problem.group(1)
+        unknown = re.search(r"Option '([\w.]+)' is not accepted", message)
+        if unknown:
+            close = difflib.get_close_matches(unknown.group(1), _init_options(cls), 3)
+            return (f"--{key}.init_args.{unknown.group(1)}: {cls.rsplit('.', 1)[-1]} has no such option"
+                    + (f"; did you mean {', '.join(close)}?" if close else ""))
+        inner = re.search(r'Parser key "([^"]+)":\s*(.*?)(?:\n\s*- Expected a <class \'NoneType\'>|\n\s*Given value|$)',
+                          message[problem.end():], re.S)
+        if inner:
+            return f"--{key}.init_args.{inner.group(1)}: {' '.join(inner.group(2).split())}"
+    noise = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+             "Expected a <class 'NoneType'>", "Expected a path but")
+    kept = [ln for ln in lines[1 if key else 0:] if ln and not ln.startswith(noise)]
+    text = " ".join(kept) or lines[0]
+    if "unrecognized arguments:" in text:
+        unknown = [t for t in text.split("unrecognized arguments:", 1)[1].split() if t.startswith("-")]
+        close = [m for u in unknown for m in difflib.get_close_matches(u.split("=")[0], _option_names(parser), 1)]
+        return (f"unrecognized option(s) {' '.join(unknown) or text}"
+                + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if key and lines[0] != f'Parser key "{key}":':
+        text = lines[0].split(":", 1)[1].strip() + (" " + text if kept else "")
+    if given and "Got value" not in text:
+        text += f"; got {given!r}"
+    return f"--{key}: {text}" if key else text
 
 
 class LangsegCLI(LightningCLI):
@@ -24,11 +191,20 @@ class LangsegCLI(LightningCLI):
 
     Registered once here, for every config: a ``ModelCheckpoint`` on the best ``val/dice`` plus the last
     epoch (``--checkpoint.*``), ``FitSummary``, ``TestReport`` (``--test_report.*``) and ``PredictionWriter``
-    (``--prediction_writer.*``). Unless a config names a logger, a ``CSVLogger`` writes to
+    (``--prediction_writer.*``). Unless a config names a logger, a ``RunLogger`` (CSV) writes to
     ``<trainer.default_root_dir>/version_<n>/``, and checkpoints, the saved config, test results and
     predictions all go there: one ``--trainer.default_root_dir`` moves everything, and runs never overwrite
-    each other.
+    each other. Checkpoints are written atomically.
+
+    ``validate``/``test``/``predict`` need ``--ckpt_path`` (or ``--untrained true`` for a randomly initialised
+    model); the checkpoint must hold the model the config builds, and only ``EVALUATION_OPTIONS`` may differ
+    from its hyper-parameters.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        argv = kwargs.get("args")
+        self._argv = [str(a) for a in argv] if isinstance(argv, (list, tuple)) else sys.argv[1:]
+        super().__init__(*args, parser_class=LangsegArgumentParser, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
@@ -38,25 +214,71 @@ class LangsegCLI(LightningCLI):
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand != "fit":
+            parser.add_argument("--untrained", type=bool, default=False,
+                                help="evaluate the randomly initialised model (no --ckpt_path), e.g. for a baseline")
+        return parser
+
     def _parse_ckpt_path(self) -> None:
-        """Refuses, before Lightning reads the checkpoint's hyper-parameters into the config (which would
-        silently swap the model), a ``--ckpt_path`` that holds another model than the config builds."""
-        config = self.config.get(self.config.get("subcommand") or "", None)
-        ckpt_path = config.get("ckpt_path") if config is not None else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("langseg_model")
-            wanted = str(config.model.class_path).rsplit(".", 1)[-1] if config.get("model") else None
-            if saved is not None and wanted is not None and saved != wanted:
-                raise ConfigError(f"--ckpt_path {ckpt_path} holds a {saved} model, but the config builds {wanted}; "
-                                  f"pass a checkpoint of the same model (or the config it was trained with)")
-        super()._parse_ckpt_path()
+        """Checks ``--ckpt_path`` and reads its hyper-parameters into the config (as Lightning does), refusing
+        a missing, damaged or other model's checkpoint and command-line model options it would override."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in ("last", "best", "hpc", "registry"):
+            raise ConfigError(f"--ckpt_path {ckpt_path}: each run writes to its own folder, so a new run has no "
+                              f"'{ckpt_path}' checkpoint; pass the file, e.g. <run>/checkpoints/last.ckpt")
+        if not ckpt_path:
+            if subcommand != "fit" and not config.get("untrained"):
+                raise ConfigError(f"langseg {subcommand} needs --ckpt_path (a checkpoint written by langseg fit, "
+                                  f"e.g. <run>/checkpoints/last.ckpt); pass --untrained true to evaluate a randomly "
+                                  f"initialised model on purpose")
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        saved = ckpt.get("langseg_model")
+        wanted = str(config.model.class_path).rsplit(".", 1)[-1] if config.get("model") else None
+        if saved is not None and wanted is not None and saved != wanted:
+            raise ConfigError(f"--ckpt_path {ckpt_path} holds a {saved} model, but the config builds {wanted}; "
+                              f"pass a checkpoint of the same model (or the config it was trained with)")
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        init_args = config.model.get("init_args") or Namespace()
+        kept = {}
+        for name in sorted(explicit_model_options(self._argv)):
+            if name in EVALUATION_OPTIONS:
+                kept[name] = init_args.get(name)
+            elif name in hparams and init_args.get(name) != hparams[name]:
+                raise ConfigError(f"--model.init_args.{name} {init_args.get(name)!r}: the model's options come from "
+                                  f"--ckpt_path {ckpt_path} ({name}={hparams[name]!r}); only "
+                                  f"{', '.join(EVALUATION_OPTIONS)} can be changed after training")
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        for name, value in kept.items():
+            self.config[subcommand].model.init_args[name] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for option in OUTPUT_OPTIONS:
+            folder = config.get(option)
+            if folder:
+                check_output_dir(option, folder)
         trainer = config.trainer
         if trainer.logger is None or trainer.logger is True:
-            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+            trainer.logger = Namespace(class_path="langseg.lightning_cli.RunLogger",
                                        init_args=Namespace(save_dir=trainer.default_root_dir or ".", name=""))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LangsegCLI:

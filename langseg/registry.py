@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+from functools import partial
 from typing import Any, Callable, TypeVar
 
 from langseg.errors import ConfigError
@@ -25,7 +26,7 @@ def register_model(name: str) -> Callable[[T], T]:
 def register_variant(name: str, model: Callable[..., Any], description: str, **defaults: Any) -> Callable[..., Any]:
     """Register ``name`` as ``model`` with other defaults (a timm-style variant):
     ``create_model(name, **kwargs)`` builds ``model(**{**defaults, **kwargs})``; the factory keeps them in
-    ``.defaults``."""
+    ``.defaults`` and the class in ``.model``."""
 
     def build(**kwargs: Any) -> Any:
         return model(**{**defaults, **kwargs})
@@ -34,6 +35,7 @@ def register_variant(name: str, model: Callable[..., Any], description: str, **d
     build.__module__ = model.__module__
     build.__doc__ = description
     build.defaults = dict(defaults)  # type: ignore[attr-defined]
+    build.model = model  # type: ignore[attr-defined]
     return register_model(name)(build)
 
 
@@ -53,3 +55,25 @@ def get_model_class(name: str) -> Callable[..., Any]:
 def create_model(name: str, **kwargs: Any) -> Any:
     """Build a registered model, e.g. ``create_model("unet", in_channels=3)``."""
     return get_model_class(name)(**kwargs)
+
+
+def _config_value(name: str, key: str, value: Any) -> Any:
+    if isinstance(value, partial) and isinstance(value.func, type) and not value.args:
+        return {"class_path": f"{value.func.__module__}.{value.func.__qualname__}", "init_args": dict(value.keywords)}
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value
+    raise ConfigError(f"model {name!r}: its default {key}={value!r} cannot be written as a config value; "
+                      f"use its class with --model.init_args")
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The CLI/YAML form (``{"class_path", "init_args"}``) of a registered name, e.g. for ``--model lsms_small``."""
+    entry = get_model_class(name)
+    cls = entry if isinstance(entry, type) else getattr(entry, "model", None)
+    if cls is None:
+        raise ConfigError(f"model {name!r} is a factory function; the CLI needs a registered class or variant")
+    defaults = getattr(entry, "defaults", {})
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {k: _config_value(name, k, v) for k, v in defaults.items()}}

@@ -10,7 +10,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
-from langseg.errors import DataError
+from langseg.errors import ConfigError, DataError
 
 Split = Literal["train", "val", "test"]
 
@@ -45,6 +45,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def __init__(self, image_size: int = 224, in_channels: int = 1, batch_size: int = 16, num_workers: int = 2,
                  swap_seed: int = 0, predict_split: Split = "test") -> None:
         super().__init__()
+        for name, value, least in (("image_size", image_size, 1), ("in_channels", in_channels, 1),
+                                   ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"data.{name}={value!r}; expected an integer >= {least}")
         self.image_size = image_size
         self.in_channels = in_channels
         self.batch_size = batch_size
@@ -75,7 +79,8 @@ class SegmentationDataModule(L.LightningDataModule):
             ds = self.build_dataset(split)
             if len(ds) == 0:
                 raise DataError(f"the {split} split is empty; expected at least one sample")
-            self.datasets[split] = SwappedTextDataset(ds, self.swap_seed) if split == "test" else ds
+            source = str(getattr(ds, "source", f"the {split} split"))
+            self.datasets[split] = SwappedTextDataset(ds, self.swap_seed, source) if split == "test" else ds
         return self.datasets[split]
 
     def setup(self, stage: str) -> None:

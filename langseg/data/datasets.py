@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 from langseg.data.synthetic import make_referring_sample
 from langseg.errors import DataError
 
+log = logging.getLogger("langseg")
 REQUIRED_COLUMNS = ("image", "mask", "text")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "predict": 3}
 
@@ -76,14 +78,37 @@ class SyntheticReferringDataset(Dataset):
         }
 
 
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+MISSING_VALUE_MARKERS = ("nan", "none", "null")  # what a spreadsheet or pandas writes for an empty cell
+GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I")  # read as they are (bool, 8- or 16-bit gray)
+COLOR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB
+
+
 def _read_array(path: Path) -> np.ndarray:
+    """The pixels of an image file: gray modes as they are (16-bit in native byte order), colour modes
+    converted to RGB through PIL (so CMYK, palette and YCbCr images keep their appearance), ``LA`` to gray;
+    a float or other mode is refused by name."""
     try:
         with Image.open(path) as img:
-            if img.mode in ("RGBA", "LA", "P", "PA"):
+            mode = img.mode
+            if mode in ("LA", "La"):
+                img = img.convert("L")
+            elif mode in COLOR_MODES and mode != "RGB":
                 img = img.convert("RGB")
-            return np.asarray(img)
+            elif mode not in GRAY_MODES + ("RGB",):
+                raise DataError(f"{path}: image mode {mode} is not supported; expected gray (8/16-bit), RGB, "
+                                f"RGBA, palette or CMYK")
+            arr = np.asarray(img)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large ({err}); expected an image below PIL's "
+                        f"{Image.MAX_IMAGE_PIXELS} pixel limit") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+    if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(f"{path}: 32-bit image with values outside 0..65535; expected 8- or 16-bit images")
+    return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
 def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -101,7 +126,7 @@ def image_size_of(file: Path) -> tuple[int, int]:
     try:
         with Image.open(file) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
 
 
@@ -110,7 +135,7 @@ def read_csv_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: split file not found; expected a CSV with columns image,mask,text")
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -140,9 +165,13 @@ def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[s
             text = ""
         if not isinstance(text, str):
             raise DataError(f"{where}: text is {text!r} ({type(text).__name__}); expected a string")
-        text = text.strip()
+        text = text.translate(ZERO_WIDTH).strip()
         if not text:
-            raise DataError(f"{where}: column 'text' is empty; expected the referring text")
+            raise DataError(f"{where}: column 'text' is empty (or only invisible characters); expected the "
+                            f"referring text")
+        if text.lower() in MISSING_VALUE_MARKERS:
+            raise DataError(f"{where}: text is {text!r}, a spreadsheet's mark for a missing value; expected the "
+                            f"referring text")
         key = (*rec["key"], text)
         if key in seen:
             raise DataError(f"{where}: duplicates row {seen[key]} (same image, mask and text)")
@@ -156,6 +185,25 @@ def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[s
                             f"{isize[0]}x{isize[1]}; expected the same size")
         rows.append({"image": rec["image"], "mask": rec["mask"], "text": text, "size": isize, "line": rec["line"]})
     return rows
+
+
+def assign_ids(rows: list[dict[str, Any]]) -> None:
+    """Sets each row's ``id`` (its prediction file name): the image's stem, ``<stem>_<k>`` for an image
+    with several texts or for stems shared by several files, unique even ignoring case (``x`` and ``x_0``
+    and ``X`` never collide)."""
+    stems = Counter(row["image"].stem.casefold() for row in rows)
+    taken: set[str] = set()
+    seen: Counter[str] = Counter()
+    for row in rows:
+        stem = row["image"].stem
+        key = stem.casefold()
+        while True:
+            candidate = stem if stems[key] == 1 and not seen[key] else f"{stem}_{seen[key]}"
+            seen[key] += 1
+            if candidate.casefold() not in taken:
+                break
+        taken.add(candidate.casefold())
+        row["id"] = candidate
 
 
 class ImageTextMaskDataset(Dataset):
@@ -179,12 +227,7 @@ class ImageTextMaskDataset(Dataset):
             records = read_csv_records(source)
         self.source = Path(source or "records")
         self.rows = validate_records(records, self.source)
-        stems = Counter(row["image"].stem for row in self.rows)
-        seen: Counter[str] = Counter()
-        for row in self.rows:  # one image with several texts: <stem>_0, <stem>_1, ...
-            stem = row["image"].stem
-            row["id"] = stem if stems[stem] == 1 else f"{stem}_{seen[stem]}"
-            seen[stem] += 1
+        assign_ids(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -230,12 +273,34 @@ class ImageTextMaskDataset(Dataset):
         }
 
 
-class SwappedTextDataset(Dataset):
-    """Adds ``swap_text``: the text of another sample, by a fixed-seed derangement of the dataset."""
+def swap_partners(texts: Sequence[str], seed: int) -> list[int]:
+    """For each sample, another sample whose text differs from its own: a fixed-seed derangement, each
+    partner with the same text moved on (in the derangement's order) to the next one with a different
+    text. When every text is the same there is no such partner, and the derangement is returned."""
+    order = derangement(len(texts), seed)
+    if len(set(texts)) < 2:
+        return order
+    position = {j: k for k, j in enumerate(order)}
+    partners = []
+    for i, j in enumerate(order):
+        k = position[j]
+        while texts[order[k]] == texts[i]:
+            k = (k + 1) % len(order)
+        partners.append(order[k])
+    return partners
 
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+
+class SwappedTextDataset(Dataset):
+    """Adds ``swap_text``: the text of another sample, always a different text (``swap_partners``); logs a
+    warning naming ``source`` when the split has a single distinct text (then swapped-text Dice = Dice)."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0, source: str = "the split") -> None:
         self.dataset = dataset
-        self.partner = derangement(len(dataset), seed)
+        texts = [dataset.text_of(i) for i in range(len(dataset))]
+        self.partner = swap_partners(texts, seed)
+        if len(set(texts)) < 2:
+            log.warning("%s: %s; the swapped-text Dice cannot measure text adherence and equals the Dice", source,
+                        "a single sample" if len(texts) == 1 else f"all {len(texts)} samples have the same text")
 
     def __len__(self) -> int:
         return len(self.dataset)

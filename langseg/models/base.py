@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures
@@ -72,6 +73,10 @@ class LanguageGuidedSegmenter(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(NOT_HYPERPARAMETERS))
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ConfigError(f"in_channels={in_channels!r}; expected the number of image channels (>= 1)")
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"threshold={threshold!r}; expected a probability strictly between 0 and 1")
         if self.requires_text and not use_text:
             raise ConfigError(f"{type(self).__name__} cannot run without text (use_text=false); "
                               f"use the 'unet' baseline for an image-only model")
@@ -110,6 +115,9 @@ class LanguageGuidedSegmenter(L.LightningModule):
 
     def encode_text(self, texts: list[str] | None) -> TextFeatures | None:
         """Features of ``texts`` (cached when the encoder is frozen); None for an image-only model."""
+        if isinstance(texts, str):
+            raise ConfigError(f"texts must be a list of strings, one per image; got the single string {texts!r} "
+                              f"(wrap it in a list: [{texts!r}])")
         return self.text_encoder(texts) if self.text_encoder is not None and texts is not None else None
 
     def forward(self, image: Tensor, text: TextFeatures | None, **net_inputs: Tensor) -> dict[str, Tensor]:
@@ -128,7 +136,14 @@ class LanguageGuidedSegmenter(L.LightningModule):
         return {"loss": self.hparams.dice_weight * dice + self.hparams.bce_weight * bce, "dice": dice, "bce": bce}
 
     def segment(self, image: Tensor, texts: list[str] | None = None) -> dict[str, Tensor]:
-        """Encode ``texts`` and run the model; always returns a dict with ``"logits"``."""
+        """Encode ``texts`` and run the model on a normalised ``(B, C, H, W)`` batch; always returns a dict with
+        ``"logits"``."""
+        if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != self.in_channels:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ConfigError(f"image of shape {shape}; {type(self).__name__} expects a (batch, {self.in_channels}, "
+                              f"height, width) tensor")
+        if texts is not None and not isinstance(texts, str) and len(texts) != image.shape[0]:
+            raise ConfigError(f"{len(texts)} texts for {image.shape[0]} images; expected one text per image")
         return self(image, self.encode_text(texts))
 
     def transform_train_batch(self, batch: dict[str, Any], text: TextFeatures | None) -> dict[str, Any]:
@@ -139,7 +154,23 @@ class LanguageGuidedSegmenter(L.LightningModule):
         image, mask = self.augmentation(batch["image"], batch["mask"])[:2]
         return {**batch, "image": image, "mask": mask}
 
+    def on_train_epoch_start(self) -> None:
+        self._train_foreground = torch.zeros((), device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        """Warns, after the first epoch, when every training mask was empty (nothing to learn but background)."""
+        if self.current_epoch > 0 or getattr(self, "_train_foreground", None) is None:
+            return
+        if float(self.trainer.strategy.reduce(self._train_foreground, reduce_op="sum")) == 0:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            dataset = datamodule.dataset("train") if hasattr(datamodule, "dataset") else None
+            source = getattr(dataset, "source", "the training data")
+            rank_zero_warn(f"{source}: every training mask of epoch 0 is empty, so the model can only learn to "
+                           f"predict background; check the mask files")
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if getattr(self, "_train_foreground", None) is not None:
+            self._train_foreground += batch["mask"].detach().sum()
         text = self.encode_text(batch["text"])
         batch = self.transform_train_batch(batch, text)
         outputs = self(batch["image"], text, **{key: batch[key] for key in self.net_inputs})
