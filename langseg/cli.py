@@ -40,15 +40,34 @@ def _find_langseg_error(err: BaseException) -> LangsegError | None:
     return None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langseg")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+class ToolsParser(argparse.ArgumentParser):
+    """argparse, reporting a bad command or option as one ``langseg: error:`` line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"langseg: error: {message} (see: {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def tools_parser() -> argparse.ArgumentParser:
     """The parser of ``langseg --help`` and of the tools; fit/validate/test/predict are Lightning's own."""
-    parser = argparse.ArgumentParser(prog="langseg", description="Language-guided medical image segmentation.")
-    sub = parser.add_subparsers(dest="tool", required=True, metavar="COMMAND")
+    parser = ToolsParser(prog="langseg", description="Language-guided medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"langseg {_version()}")
+    sub = parser.add_subparsers(dest="tool", required=True, metavar="COMMAND", parser_class=ToolsParser)
     for name, text in LIGHTNING_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
     lm = sub.add_parser("list-models", help="registered model names")
     lm.add_argument("pattern", nargs="?", default="*")
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True,
+                                                                    parser_class=ToolsParser)
     conv = data.add_parser("convert", help="convert a dataset layout to the generic CSV format")
     conv.add_argument("--format", choices=["lvit"], required=True, help="source layout")
     conv.add_argument("src", help="source root (LViT: holds Train_Folder, Val_Folder, Test_Folder)")
@@ -68,7 +87,10 @@ def _run_tool(argv: list[str]) -> None:
     if opts.tool == "list-models":
         from langseg.registry import list_models
 
-        sys.stdout.write("\n".join(list_models(opts.pattern)) + "\n")
+        names = list_models(opts.pattern)
+        if not names:
+            raise ConfigError(f"no registered model matches {opts.pattern!r}; registered: {', '.join(list_models())}")
+        sys.stdout.write("\n".join(names) + "\n")
     elif opts.tool == "data":
         from langseg.data.lvit import convert_lvit
 
@@ -77,6 +99,8 @@ def _run_tool(argv: list[str]) -> None:
     else:
         from langseg.compare import compare
 
+        for config in [*opts.configs, *([opts.data] if opts.data else [])]:
+            check_yaml(Path(config))
         extra = [a for a in opts.overrides if a != "--"]
         if opts.data:
             extra = ["--data", opts.data, *extra]
@@ -143,7 +167,7 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if not argv or argv[0] in ("-h", "--help") or argv[0] in TOOLS:
+        if not argv or argv[0] not in LIGHTNING_COMMANDS:
             _run_tool(argv or ["--help"])
         else:
             from langseg.lightning_cli import build_cli

@@ -20,8 +20,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror or err}); nothing was written") from err
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError around it
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OutputError(f"{path}: cannot write ({cause.strerror or cause}); nothing was written") from err
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -37,7 +37,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote filesystems: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a Python file: a failed write keeps its OSError (disk full ...)
+                torch.save(checkpoint, fh)
+
+        atomic_write(path, write)
 
 
 class RunLogger(CSVLogger):

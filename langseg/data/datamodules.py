@@ -129,11 +129,11 @@ class ImageTextMaskDataModule(SegmentationDataModule):
         self.root = Path(root).expanduser()
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.mean, self.std = mean, std
-
-    def build_dataset(self, split: Split) -> Dataset:
         if not self.root.is_dir():
             raise DataError(f"data root '{self.root}' is not a folder; expected a folder holding "
                             f"{', '.join(self.csv_files.values())}")
+
+    def build_dataset(self, split: Split) -> Dataset:
         return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
                                     self.mean, self.std)
 
