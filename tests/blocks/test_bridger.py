@@ -3,6 +3,8 @@ import torch
 
 from langseg.blocks.bridger import Bridger, interactor
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _text(b=2, t=6, c=16, lengths=(3, 6)):
     mask = torch.arange(t).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)

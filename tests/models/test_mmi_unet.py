@@ -9,6 +9,8 @@ from langseg.models import MMIUNet, MMIUNetNet
 from langseg.registry import create_model
 from tests.models.test_guidedecoder import TEXTS, loss_falls
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_mmi_unet(**kwargs):
     torch.manual_seed(0)
