@@ -1,4 +1,5 @@
 """Reusable ``nn.Module`` blocks: tensors in, tensors out, nothing about training."""
+from langseg.blocks.bridger import Bridger, interactor
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
                                         CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
 from langseg.blocks.full_scale_decoder import FullScaleDecoder
@@ -11,10 +12,10 @@ from langseg.blocks.svla import LanguageGuidedVisionEncoder, ScaleAwareVLAttenti
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures, resolve_text_encoder_path
 from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncoder
 
-__all__ = ["NMF2D", "ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "ConvNormAct",
+__all__ = ["NMF2D", "Bridger", "ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "ConvNormAct",
            "CrossAttentionLayer", "FrequencyRefinement", "FullScaleDecoder", "GuideLayer", "Hamburger",
            "HamburgerHead", "HiMixLayer", "LanguageGuidedVisionEncoder", "LayerGroupMixer", "PixelLevelAttention",
            "SVLAEncoderBlock", "ScaleAwareVLAttention", "SubpixelHead", "TextEncoder", "TextFeatures",
            "TextToPseudoImage", "TextToVisionEncoder", "TextTokenProjection", "UNetDecoder", "UNetEncoder", "UpBlock",
-           "resolve_text_encoder_path", "sample_weighted_mask", "sine_position_encoding_1d",
+           "interactor", "resolve_text_encoder_path", "sample_weighted_mask", "sine_position_encoding_1d",
            "sine_position_encoding_2d"]

@@ -1,6 +1,7 @@
 """GuideDecoder blocks (Zhong et al., MICCAI 2023): text token projection, guide layer, up-block, sub-pixel head."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -105,15 +106,19 @@ class GuideLayer(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Decoder up-block (UNETR-style): 2x2 transposed conv, concat the skip, two conv-BN-LeakyReLU."""
+    """Decoder up-block: 2x2 transposed conv, concat the skip, ``num_convs`` 3x3 conv-BN-activation.
 
-    def __init__(self, in_channels: int, out_channels: int, skip_channels: int | None = None) -> None:
+    The defaults are GuideDecoder's (no biases, two convs, LeakyReLU 0.01); MMI-UNet's
+    decoder is ``num_convs=1, bias=True, act=nn.ReLU``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, skip_channels: int | None = None, num_convs: int = 2,
+                 bias: bool = False, act: Callable[[], nn.Module] = partial(nn.LeakyReLU, 0.01, inplace=True)) -> None:
         super().__init__()
         skip_channels = out_channels if skip_channels is None else skip_channels
-        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-        act = partial(nn.LeakyReLU, 0.01, inplace=True)
-        self.convs = nn.Sequential(ConvNormAct(out_channels + skip_channels, out_channels, act=act),
-                                   ConvNormAct(out_channels, out_channels, act=act))
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=bias)
+        widths = [out_channels + skip_channels] + [out_channels] * (num_convs - 1)
+        self.convs = nn.Sequential(*(ConvNormAct(width, out_channels, bias=bias, act=act) for width in widths))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)

@@ -61,6 +61,15 @@ def test_up_block_doubles_resolution_and_sets_channels(size):
     assert out.shape == (2, 16, 2 * size, 2 * size)
 
 
+def test_single_conv_up_block_with_biases_and_relu():
+    block = UpBlock(32, 16, num_convs=1, bias=True, act=torch.nn.ReLU)
+    out = block(torch.randn(2, 32, 4, 4), torch.randn(2, 16, 8, 8))
+    assert out.shape == (2, 16, 8, 8) and out.min() >= 0
+    # transposed conv (with bias), one 3x3 conv over the concatenation (with bias), BatchNorm
+    expected = 32 * 16 * 4 + 16 + (2 * 16) * 16 * 9 + 16 + 2 * 16
+    assert sum(p.numel() for p in block.parameters()) == expected
+
+
 @pytest.mark.parametrize(("size", "scale"), [(8, 4), (5, 2)])
 def test_subpixel_head_upsamples_to_one_channel(size, scale):
     head = SubpixelHead(16, mid_channels=6, scale=scale)
