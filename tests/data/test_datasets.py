@@ -137,3 +137,89 @@ def test_missing_root_and_empty_split(tmp_path, generic_folder):
         ImageTextMaskDataModule(str(tmp_path / "nowhere")).setup("fit")
     with pytest.raises(DataError, match="the val split is empty"):
         SyntheticReferringDataModule(num_train=2, num_val=0).setup("fit")
+
+
+def _gray(size: int = 40) -> np.ndarray:
+    y, x = np.mgrid[:size, :size]
+    return ((x * 5 + y * 2) % 256).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "LA", "YCbCr", "1", "I;16B", "I", "RGBX"])
+def test_every_pil_mode_reads_as_it_looks(generic_folder, mode):
+    """Each mode keeps its appearance: a CMYK JPEG (ink, not light) is not inverted, 16-bit big-endian is
+    not byte-swapped, a palette image is not read as palette indices."""
+    gray = _gray()
+    source = Image.fromarray(gray).convert("RGB")
+    if mode == "I;16B":
+        img = Image.frombytes("I;16B", (40, 40), (gray.astype(">u2") * 257).tobytes())
+    elif mode == "I":
+        img = Image.fromarray(gray.astype(np.int32) * 257)
+    elif mode == "1":
+        gray = np.where(gray > 127, 255, 0).astype(np.uint8)
+        img = Image.fromarray(gray).convert("1")
+    else:
+        img = source.convert(mode, palette=Image.Palette.ADAPTIVE) if mode == "P" else source.convert(mode)
+    path = generic_folder / "images" / ("train_0.jpg" if mode == "CMYK" else "train_0.tiff")
+    img.save(path, **({"quality": 95} if mode == "CMYK" else {}))
+    rows = (generic_folder / "train.csv").read_text().replace("images/train_0.png", f"images/{path.name}")
+    (generic_folder / "train.csv").write_text(rows)
+    ds = ImageTextMaskDataset(generic_folder / "train.csv", image_size=40, mean=(0.0,), std=(1.0,))
+    read = ds[0]["image"][0].numpy()
+    assert np.corrcoef(read.ravel(), gray.ravel() / 255.0)[0, 1] > 0.98
+    assert abs(read.mean() - gray.mean() / 255.0) < 0.03
+
+
+def test_float_images_are_refused_by_mode(generic_folder):
+    Image.fromarray(_gray().astype(np.float32)).save(generic_folder / "images" / "train_0.tiff")
+    rows = (generic_folder / "train.csv").read_text().replace("images/train_0.png", "images/train_0.tiff")
+    (generic_folder / "train.csv").write_text(rows)
+    ds = ImageTextMaskDataset(generic_folder / "train.csv", image_size=16)
+    with pytest.raises(DataError, match=r"train_0.tiff: image mode F is not supported; expected gray"):
+        ds[0]
+
+
+def test_decompression_bomb_is_refused_by_name(generic_folder, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x40 = 1600 pixels: more than twice the limit
+    with pytest.raises(DataError, match=r"train_0.png: cannot read the image .*decompression bomb"):
+        ImageTextMaskDataset(generic_folder / "train.csv", image_size=16)
+
+
+def test_excel_csv_with_a_byte_order_mark_is_read(generic_folder):
+    text = (generic_folder / "train.csv").read_text(encoding="utf-8")
+    (generic_folder / "train.csv").write_text("\ufeff" + text, encoding="utf-8")
+    assert len(ImageTextMaskDataset(generic_folder / "train.csv", image_size=16)) == 8
+
+
+def test_prediction_ids_are_unique_even_ignoring_case(tmp_path):
+    from langseg.data.datasets import assign_ids
+
+    names = ["x.png", "x.png", "x_0.png", "X.jpg", "a/y.png", "b/y.png", "z.png"]
+    rows = [{"image": tmp_path / n} for n in names]
+    assign_ids(rows)
+    ids = [r["id"] for r in rows]
+    assert len({i.casefold() for i in ids}) == len(ids)
+    assert ids[-1] == "z" and all(i.casefold().startswith(n.split("/")[-1][0].casefold()) for i, n in zip(ids, names))
+
+
+def test_swapped_text_always_differs_and_a_single_text_split_warns(caplog):
+    from langseg.data.datasets import SwappedTextDataset, swap_partners
+
+    texts = ["a", "a", "a", "b", "b", "c", "a", "c", "c", "c"]
+    for seed in range(20):
+        partners = swap_partners(texts, seed)
+        assert all(texts[p] != t for p, t in zip(partners, texts))
+    dm = SyntheticReferringDataModule(num_test=256, image_size=32, num_workers=0)
+    ds = dm.dataset("test")
+    assert all(ds.dataset.text_of(i) != ds.dataset.text_of(ds.partner[i]) for i in range(len(ds)))
+
+    class OneText(torch.utils.data.Dataset):
+        source = "one.csv"
+
+        def __len__(self):
+            return 3
+
+        def text_of(self, i):
+            return "same"
+
+    SwappedTextDataset(OneText(), source="one.csv")
+    assert "one.csv: all 3 samples have the same text; the swapped-text Dice cannot measure" in caplog.text

@@ -126,3 +126,36 @@ def test_a_text_only_method_refuses_use_text_false():
 
     with pytest.raises(ConfigError, match="NeedsText cannot run without text"):
         NeedsText(use_text=False)
+
+
+def test_bad_python_api_calls_raise_clear_langseg_errors():
+    import langseg
+
+    with pytest.raises(ConfigError, match=r"in_channels=0; expected the number of image channels"):
+        langseg.create_model("unet", in_channels=0)
+    model = TextGate(text_encoder="tiny", in_channels=1)
+    batch = synthetic_batch(2)
+    with pytest.raises(ConfigError, match=r"image of shape \(1, 32, 32\); TextGate expects a \(batch, 1, height"):
+        model.segment(batch["image"][0], batch["text"][:1])
+    with pytest.raises(ConfigError, match=r"image of shape \(2, 3, 32, 32\)"):
+        model.segment(batch["image"].expand(-1, 3, -1, -1), batch["text"])
+    with pytest.raises(ConfigError, match=r"a list of strings, one per image; got the single string 'left lung'"):
+        model.segment(batch["image"][:1], "left lung")
+    with pytest.raises(ConfigError, match=r"1 texts for 2 images"):
+        model.segment(batch["image"], batch["text"][:1])
+
+
+def test_all_empty_training_masks_warn_with_the_csv(tmp_path, one_thread):
+    from PIL import Image
+
+    from langseg.data import ImageTextMaskDataModule
+    from tests.conftest import write_generic_folder
+
+    data = write_generic_folder(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+    for mask in (data / "masks").glob("train_*.png"):
+        Image.new("L", (40, 40)).save(mask)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+    dm = ImageTextMaskDataModule(str(data), image_size=32, batch_size=2, num_workers=0)
+    with pytest.warns(UserWarning, match=r"train.csv: every training mask of epoch 0 is empty"):
+        trainer.fit(TextGate(text_encoder="tiny"), dm)
