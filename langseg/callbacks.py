@@ -33,9 +33,41 @@ def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str)
     return Path(output_dir) if output_dir is not None else Path(trainer.log_dir) / name
 
 
+def plot_training_curves(metrics_csv: Path, output: Path) -> Path | None:
+    """``output`` (PNG): training loss per step and validation loss and Dice per epoch, from a CSV logger's
+    ``metrics.csv``; None when the file holds no such values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with Path(metrics_csv).open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+
+    def series(key: str, x: str) -> tuple[list[float], list[float]]:
+        points = [(float(r[x]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get(x) not in (None, "")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    panels = [("train/loss", "step"), ("val/loss", "epoch"), ("val/dice", "epoch")]
+    panels = [(key, x, *series(key, x)) for key, x in panels]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, (key, x, xs, ys) in zip(axes[0], panels):
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None)
+        ax.set_xlabel(x)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(output, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return output
+
+
 class FitSummary(L.Callback):
     """Logs, after ``fit``, the wall time, the last validation Dice/mIoU (per-image and pooled) and where the
-    best and last checkpoints are."""
+    best and last checkpoints are, and plots the training curves (``curves.png`` beside ``metrics.csv``)."""
 
     def __init__(self) -> None:
         self._start = 0.0
@@ -55,6 +87,14 @@ class FitSummary(L.Callback):
             path = getattr(checkpoint, f"{kind}_model_path", "") if checkpoint is not None else ""
             if path:
                 log.info("%s checkpoint: %s", kind, path)
+        logger = trainer.logger
+        metrics_file = getattr(getattr(logger, "experiment", None), "metrics_file_path", None)
+        if metrics_file is not None:
+            logger.save()
+            if Path(metrics_file).is_file():
+                curves = plot_training_curves(Path(metrics_file), Path(metrics_file).with_name("curves.png"))
+                if curves is not None:
+                    log.info("training curves: %s", curves)
 
 
 def _denormalized(image: Tensor) -> np.ndarray:
@@ -65,17 +105,28 @@ def _denormalized(image: Tensor) -> np.ndarray:
     return (img.permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
 
 
-def overlay_image(base: Image.Image, mask: np.ndarray, caption: str) -> Image.Image:
-    """``base`` with the mask tinted red, its contour in yellow, and ``caption`` in a band underneath."""
+OVERLAY_MIN_WIDTH = 256  # small images are enlarged so that the caption stays readable
+
+
+def overlay_image(base: Image.Image, mask: np.ndarray, caption: str, truth: np.ndarray | None = None) -> Image.Image:
+    """``base`` with the predicted mask tinted red and outlined in yellow, the ground truth (when given)
+    outlined in green, and ``caption`` wrapped in a band underneath; images narrower than 256 px are
+    enlarged by an integer factor first."""
+    scale = max(1, math.ceil(OVERLAY_MIN_WIDTH / base.width))
+    if scale > 1:
+        base = base.resize((base.width * scale, base.height * scale), Image.NEAREST)
+        mask = mask.repeat(scale, 0).repeat(scale, 1)
+        truth = truth.repeat(scale, 0).repeat(scale, 1) if truth is not None else None
     rgb = np.asarray(base.convert("RGB")).astype(np.float32)
     tint = rgb.copy()
     tint[mask] = 0.55 * rgb[mask] + 0.45 * np.array([255.0, 0.0, 0.0])
-    contour = mask & ~ndimage.binary_erosion(mask)
-    tint[contour] = (255, 230, 0)
+    width = max(1, scale)
+    tint[mask & ~ndimage.binary_erosion(mask, iterations=width)] = (255, 230, 0)
+    if truth is not None:
+        tint[truth & ~ndimage.binary_erosion(truth, iterations=width)] = (0, 220, 0)
     picture = Image.fromarray(tint.astype(np.uint8))
     font = ImageFont.load_default()
-    width = max(20, picture.width // 7)
-    lines = textwrap.wrap(caption, width=width) or [""]
+    lines = textwrap.wrap(caption, width=max(10, picture.width // 6)) or [""]
     band = 14 * len(lines) + 6
     canvas = Image.new("RGB", (picture.width, picture.height + band), "black")
     canvas.paste(picture, (0, 0))
@@ -87,7 +138,8 @@ def overlay_image(base: Image.Image, mask: np.ndarray, caption: str) -> Image.Im
 
 class PredictionWriter(BasePredictionWriter):
     """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
-    ``overlays/<id>.png`` (original image, red tint + contour, the text as caption) under ``output_dir``
+    ``overlays/<id>.png`` (original image, prediction in red with a yellow contour, the ground-truth
+    contour in green when the split has masks, the text as caption) under ``output_dir``
     (default: the run's ``predictions/`` folder, beside its checkpoints).
 
     Each file is written to a temporary name and renamed, so a crash leaves no half-written file and a
@@ -124,7 +176,11 @@ class PredictionWriter(BasePredictionWriter):
                     base = img.convert("RGB")
             else:
                 base = Image.fromarray(_denormalized(batch["image"][i])).resize((w, h), Image.BILINEAR)
-            picture = overlay_image(base, mask, prediction["text"][i])
+            truth = None
+            if isinstance(batch, dict) and "mask" in batch:
+                truth = F.interpolate(batch["mask"][i:i + 1].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
+                truth = truth.cpu().numpy()
+            picture = overlay_image(base, mask, prediction["text"][i], truth)
             atomic_write(self.output_dir / "overlays" / f"{sample_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
 
 
@@ -177,6 +233,9 @@ class TestReport(L.Callback):
             torch.distributed.all_gather_object(gathered, rows)
             unique = {(r["id"], r["text"]): r for part in gathered for r in part}  # the sampler pads with repeats
             rows = list(unique.values())
+        finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
+        if self.hd95 and finite:  # every process holds every row: the same value everywhere
+            pl_module.log("test/hd95", sum(finite) / len(finite))
         if trainer.is_global_zero:
             self._write(rows, pl_module)
 

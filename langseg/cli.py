@@ -16,7 +16,8 @@ LIGHTNING_COMMANDS = {
     "fit": "train a model (langseg fit --config configs/unet.yaml; every option: langseg fit --help)",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split: metrics, swapped-text Dice, results files",
-    "predict": "write masks and overlays for a split",
+    "predict": "write masks and overlays for a split, or for new images: "
+               "langseg predict --ckpt_path m.ckpt --image film.png --text '...'",
 }
 TOOLS = ("list-models", "data", "compare")
 
@@ -80,6 +81,31 @@ def tools_parser() -> argparse.ArgumentParser:
     cmp.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
     return parser
+
+
+def predict_images_parser() -> argparse.ArgumentParser:
+    """``langseg predict --image ...``: new images (no masks, no config), with a trained checkpoint."""
+    parser = ToolsParser(prog="langseg predict", description="Segment new images with a typed text (masks are not "
+                         "needed; without --image, predict runs Lightning on a data split: langseg predict --help).")
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by langseg fit")
+    parser.add_argument("--image", nargs="+", required=True, help="image files or folders of images")
+    parser.add_argument("--text", nargs="+", default=[], help="one text for every image, or one per image")
+    parser.add_argument("--output", default="predictions", help="folder for masks/ and overlays/")
+    parser.add_argument("--no_overlay", action="store_true", help="write the masks only")
+    return parser
+
+
+def _predict_images(argv: list[str]) -> None:
+    opts = predict_images_parser().parse_args(argv)
+    from langseg.inference import image_files, load, predict_images
+
+    image_files(opts.image)  # a missing image is refused before the model loads
+    model = load(opts.ckpt_path)
+    if model.use_text and not opts.text:
+        raise ConfigError(f"{type(model).__name__} segments what a text describes: pass --text '...'")
+    written = predict_images(model, opts.image, opts.text or [""], opts.output, overlay=not opts.no_overlay)
+    sys.stdout.write(f"{len(written)} mask(s) written to {Path(opts.output) / 'masks'}"
+                     + (f", overlays to {Path(opts.output) / 'overlays'}\n" if not opts.no_overlay else "\n"))
 
 
 def _run_tool(argv: list[str]) -> None:
@@ -167,7 +193,9 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if not argv or argv[0] not in LIGHTNING_COMMANDS:
+        if argv[:1] == ["predict"] and any(t == "--image" or t.startswith("--image=") for t in argv):
+            _predict_images(argv[1:])
+        elif not argv or argv[0] not in LIGHTNING_COMMANDS:
             _run_tool(argv or ["--help"])
         else:
             from langseg.lightning_cli import build_cli

@@ -22,6 +22,7 @@ from langseg.callbacks import FitSummary, PredictionWriter, TestReport
 from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import ConfigError
 from langseg.files import atomic_write
+from langseg.inference import read_checkpoint
 from langseg.models.base import LanguageGuidedSegmenter
 
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
@@ -84,30 +85,6 @@ def explicit_model_options(argv: list[str]) -> set[str]:
             key = key.removeprefix("init_args.").removeprefix("dict_kwargs.")
             names.add(key.split(".", 1)[0])
     return names
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` (tensors memory-mapped), or a ConfigError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"--ckpt_path {path} {what}; expected a checkpoint file written by langseg fit "
-                          f"(<run>/checkpoints/last.ckpt)")
-    try:
-        try:
-            ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-        except RuntimeError as err:  # a legacy (non-zip) torch file cannot be memory-mapped: read it whole
-            if "mmap" not in str(err):
-                raise
-            ckpt = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file; each means the same here
-        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint ({reason}); the file is truncated "
-                          f"(e.g. written on a full disk), damaged, or not a checkpoint") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"--ckpt_path {path}: holds no model weights (no 'state_dict'); expected a checkpoint "
-                          f"written by langseg fit")
-    return ckpt
 
 
 class LangsegArgumentParser(LightningArgumentParser):

@@ -11,10 +11,16 @@ _MODELS: dict[str, Callable[..., Any]] = {}
 T = TypeVar("T", bound=Callable[..., Any])
 
 
+def _load_builtin_models() -> None:
+    """Imports ``langseg.models``, whose modules register the built-in models (once; torch loads here)."""
+    import langseg.models  # noqa: F401
+
+
 def register_model(name: str) -> Callable[[T], T]:
     """Register a LightningModule class (or a factory function) under ``name``."""
 
     def wrap(obj: T) -> T:
+        _load_builtin_models()
         if name in _MODELS and _MODELS[name] is not obj:
             raise ConfigError(f"model name {name!r} is already registered to {_MODELS[name]!r}")
         _MODELS[name] = obj
@@ -41,11 +47,13 @@ def register_variant(name: str, model: Callable[..., Any], description: str, **d
 
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of registered models matching a shell-style ``pattern``."""
+    _load_builtin_models()
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_model_class(name: str) -> Callable[..., Any]:
     """The class or factory registered under ``name``."""
+    _load_builtin_models()
     try:
         return _MODELS[name]
     except KeyError:

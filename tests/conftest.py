@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import langseg.models  # noqa: F401 - registers the built-in models before _restore_registry saves them
 from langseg import registry
 from langseg.data import SyntheticReferringDataModule
 from langseg.data.synthetic import make_referring_sample

@@ -34,7 +34,7 @@ def test_predict_writes_masks_at_original_size_and_overlays(tmp_path, generic_fo
     with Image.open(masks[0]) as mask:
         assert mask.size == (40, 40) and set(np.unique(np.asarray(mask))) <= {0, 255}
     with Image.open(out / "overlays" / "test_0.png") as overlay:
-        assert overlay.width == 40 and overlay.height > 40  # caption band below the image
+        assert overlay.width == 40 * 7 and overlay.height > 40 * 7  # enlarged to >= 256 px, caption band below
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
@@ -83,3 +83,24 @@ def test_channels_last_option_converts_model_and_images(generic_folder):
     trainer.fit(model, dm)
     conv = model.net.model.encoder.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and seen and all(seen)
+
+
+def test_overlay_outlines_prediction_and_ground_truth_and_keeps_small_captions_readable():
+    import numpy as np
+    from PIL import Image
+
+    from langseg.callbacks import overlay_image
+
+    base = Image.new("RGB", (32, 32), "gray")
+    pred = np.zeros((32, 32), bool)
+    pred[4:12, 4:12] = True
+    truth = np.zeros((32, 32), bool)
+    truth[18:28, 18:28] = True
+    caption = "the larger consolidation in the lower left lung, near the diaphragm"
+    picture = np.asarray(overlay_image(base, pred, caption, truth))
+    assert picture.shape[1] == 256 and picture.shape[0] > 256  # enlarged 8x, caption band below
+    green = (picture[..., 0] == 0) & (picture[..., 1] == 220)
+    yellow = (picture[..., 0] == 255) & (picture[..., 1] == 230)
+    assert green[18 * 8:28 * 8, 18 * 8:28 * 8].any() and not green[:16 * 8, :16 * 8].any()
+    assert yellow[4 * 8:12 * 8, 4 * 8:12 * 8].any() and not yellow[16 * 8:256, 16 * 8:].any()
+    assert not np.asarray(overlay_image(base, pred, caption))[..., 1].__eq__(220).any()  # no truth: no green

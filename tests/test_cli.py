@@ -28,7 +28,7 @@ def test_readme_fit_then_test_prints_dice_miou_and_swapped_text(tmp_path):
     test = langseg("test", "--config", "configs/unet.yaml", "--ckpt_path", "runs/unet/version_0/checkpoints/last.ckpt",
                    *TINY, cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
-    for key in ("test/dice", "test/miou", "test/dice_pooled", "test/dice_swapped_text"):
+    for key in ("test/dice", "test/miou", "test/dice_pooled", "test/dice_swapped_text", "test/hd95"):
         assert key in test.stdout
     assert (tmp_path / "runs" / "unet" / "version_1" / "results" / "test_summary.json").is_file()
     other = langseg("test", "--config", "configs/lsms.yaml", "--ckpt_path", "runs/unet/version_0/checkpoints/last.ckpt",
@@ -49,7 +49,7 @@ def test_default_root_dir_moves_every_output_and_runs_never_overwrite(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1", "version_2", "version_3"]
     for fit_run in ("version_0", "version_1"):
-        assert {"config.yaml", "metrics.csv"} <= {p.name for p in (root / fit_run).iterdir()}
+        assert {"config.yaml", "metrics.csv", "curves.png"} <= {p.name for p in (root / fit_run).iterdir()}
         assert (root / fit_run / "checkpoints" / "last.ckpt").is_file()
     assert (root / "version_2" / "results" / "test_summary.json").is_file()
     assert len(list((root / "version_3" / "predictions" / "masks").glob("*.png"))) == 8

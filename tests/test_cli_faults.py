@@ -283,3 +283,55 @@ def test_excel_csv_with_a_bom_and_an_all_empty_test_split_through_the_cli(traine
                             cwd=tmp_path, capsys=capsys)
     assert code == 0, err[-2000:]
     assert f"{data / 'test.csv'}: every mask of the 2 test images is empty" in caplog.text
+
+
+# --- new images, without masks or a config ---------------------------------------------------------------
+
+def test_predict_new_images_from_the_command_line_and_python(trained, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import langseg
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((50, 70)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "film.jpg", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "film.png")
+    code, out, err = run_main("predict", "--ckpt_path", trained / "unet.ckpt", "--image", "film.png", "film.jpg",
+                              "--text", "the lesion in the left lung", "--output", "new", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    assert "2 mask(s) written to new/masks, overlays to new/overlays" in out
+    masks = sorted((tmp_path / "new" / "masks").iterdir())
+    assert [m.name for m in masks] == ["film_0.png", "film_1.png"]  # one stem, two files: unique ids
+    assert all(Image.open(m).size == (70, 50) for m in masks)
+    assert Image.open(tmp_path / "new" / "overlays" / "film_0.png").width >= 256  # enlarged: caption readable
+    model = langseg.load(trained / "unet.ckpt")
+    assert not model.training and model.preprocessing["image_size"] == 32
+    from_path = model.segment_image(tmp_path / "film.png")
+    assert from_path.shape == (50, 70) and from_path.dtype == bool
+    assert np.array_equal(model.segment_image(Image.open(tmp_path / "film.png")), from_path)
+    assert np.array_equal(model.segment_image(pixels), from_path)
+    assert np.array_equal(np.asarray(Image.open(masks[0])) > 0, from_path)  # the CLI wrote the same mask
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--image", "nothere.png"], "nothere.png: image file not found"),
+    (["--image", ".", "--text", "a", "b", "c"], "3 texts for 1 images; give one text for all or one per image"),
+    (["--image", "film.png"], "the following arguments are required: --ckpt_path"),
+])
+def test_predict_new_images_bad_input_is_one_line(trained, tmp_path, capsys, args, expected):
+    from PIL import Image
+
+    Image.new("L", (20, 20)).save(tmp_path / "film.png")
+    ckpt = [] if "--ckpt_path" in expected else ["--ckpt_path", str(trained / "unet.ckpt")]
+    line = the_error(*run_main("predict", *ckpt, *args, "--output", "new", cwd=tmp_path, capsys=capsys)[::2])
+    assert expected in line and not (tmp_path / "new").exists()
+
+
+def test_the_command_line_starts_without_importing_torch():
+    """``langseg --help`` and the parsers load no model code (it was 17 s)."""
+    run = subprocess.run([shutil.which("python") or "python", "-c",
+                          "import sys, langseg.cli; langseg.cli.tools_parser().format_help(); "
+                          "assert 'torch' not in sys.modules, 'torch imported'"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

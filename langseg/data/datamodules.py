@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning as L
 import torch
@@ -42,6 +42,9 @@ class SegmentationDataModule(L.LightningDataModule):
     The test (and predict) split carries ``swap_text`` for the text-adherence metric.
     """
 
+    mean: Sequence[float] = (0.5,)  # the normalisation of every dataset here unless a subclass sets its own
+    std: Sequence[float] = (0.25,)
+
     def __init__(self, image_size: int = 224, in_channels: int = 1, batch_size: int = 16, num_workers: int = 2,
                  swap_seed: int = 0, predict_split: Split = "test") -> None:
         super().__init__()
@@ -57,6 +60,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.datasets: dict[str, Dataset] = {}
         self._resume: tuple[int, int] | None = None
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model needs to prepare a new image as these data are prepared (saved in its checkpoints)."""
+        return {"image_size": self.image_size, "in_channels": self.in_channels, "mean": [float(m) for m in self.mean],
+                "std": [float(s) for s in self.std]}
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, so that a resumed run skips the batches already seen."""

@@ -84,21 +84,28 @@ GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I")  # read as they 
 COLOR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB
 
 
+def _pixels(img: Image.Image, path: Path | str) -> np.ndarray:
+    mode = img.mode
+    if mode in ("LA", "La"):
+        img = img.convert("L")
+    elif mode in COLOR_MODES and mode != "RGB":
+        img = img.convert("RGB")
+    elif mode not in GRAY_MODES + ("RGB",):
+        raise DataError(f"{path}: image mode {mode} is not supported; expected gray (8/16-bit), RGB, "
+                        f"RGBA, palette or CMYK")
+    arr = np.asarray(img)
+    if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(f"{path}: 32-bit image with values outside 0..65535; expected 8- or 16-bit images")
+    return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
+
+
 def _read_array(path: Path) -> np.ndarray:
     """The pixels of an image file: gray modes as they are (16-bit in native byte order), colour modes
     converted to RGB through PIL (so CMYK, palette and YCbCr images keep their appearance), ``LA`` to gray;
     a float or other mode is refused by name."""
     try:
         with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("LA", "La"):
-                img = img.convert("L")
-            elif mode in COLOR_MODES and mode != "RGB":
-                img = img.convert("RGB")
-            elif mode not in GRAY_MODES + ("RGB",):
-                raise DataError(f"{path}: image mode {mode} is not supported; expected gray (8/16-bit), RGB, "
-                                f"RGBA, palette or CMYK")
-            arr = np.asarray(img)
+            return _pixels(img, path)
     except DataError:
         raise
     except Image.DecompressionBombError as err:
@@ -106,9 +113,6 @@ def _read_array(path: Path) -> np.ndarray:
                         f"{Image.MAX_IMAGE_PIXELS} pixel limit") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot read the image ({err}); expected a PNG or JPEG file") from err
-    if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-        raise DataError(f"{path}: 32-bit image with values outside 0..65535; expected 8- or 16-bit images")
-    return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder not in ("=", "|") else arr
 
 
 def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -119,6 +123,37 @@ def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.float32)
     raise DataError(f"{path}: unsupported pixel type {arr.dtype}; expected 8- or 16-bit images")
+
+
+def image_array(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Pixels of a file path, a PIL image or an array (H, W) / (H, W, C), read as the datasets read files."""
+    if isinstance(image, (str, Path)):
+        return _read_array(Path(image))
+    if isinstance(image, Image.Image):
+        return _pixels(image, "the image")
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"an image array of shape {arr.shape}; expected (H, W) or (H, W, 1|3|4)")
+    return arr[..., :3] if arr.ndim == 3 and arr.shape[-1] == 4 else arr
+
+
+def prepare_image(arr: np.ndarray, image_size: int, in_channels: int, where: Path | str = "the image") -> Tensor:
+    """``(C, S, S)`` image in [0, 1] from pixels: scaled by bit depth, converted to ``in_channels`` (gray is
+    the channel mean; one channel is repeated) and resized (bilinear, antialiased) to ``image_size``."""
+    if arr.dtype.kind == "f":
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise DataError(f"{where}: float pixels outside [0, 1]; expected 8/16-bit or [0, 1] floats")
+        arr = arr.astype(np.float32)
+    else:
+        arr = _to_unit(arr, Path(str(where)))
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] != in_channels:
+        arr = arr.mean(-1, keepdims=True) if in_channels == 1 else np.repeat(arr.mean(-1, keepdims=True), in_channels, -1)
+    img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
+    img = torch.nn.functional.interpolate(img, size=(image_size,) * 2, mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return img[0].clamp(0, 1)
 
 
 def image_size_of(file: Path) -> tuple[int, int]:
@@ -236,16 +271,8 @@ class ImageTextMaskDataset(Dataset):
         return self.rows[index]["text"]
 
     def load_image(self, file: Path) -> Tensor:
-        """``(C, S, S)`` image in [0, 1], converted to ``in_channels`` and resized."""
-        arr = _to_unit(_read_array(file), file)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.shape[-1] != self.in_channels:
-            arr = arr.mean(-1, keepdims=True) if self.in_channels == 1 else np.repeat(arr[..., :1], self.in_channels, -1)
-        img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
-        img = torch.nn.functional.interpolate(img, size=(self.image_size,) * 2, mode="bilinear",
-                                              align_corners=False, antialias=True)
-        return img[0].clamp(0, 1)
+        """``(C, S, S)`` image in [0, 1], converted to ``in_channels`` and resized (``prepare_image``)."""
+        return prepare_image(_read_array(file), self.image_size, self.in_channels, file)
 
     def load_mask(self, file: Path) -> Tensor:
         """``(1, S, S)`` binary mask: 0 background, the one other level foreground, resized (nearest)."""

@@ -11,12 +11,15 @@ from functools import partial
 from typing import Any, Literal, Mapping
 
 import lightning as L
+import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures
+from langseg.data.datasets import image_array, normalize, prepare_image
 from langseg.errors import ConfigError
 from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
@@ -93,6 +96,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.test_metrics = SegmentationMetrics(threshold)
         self.test_swapped_metrics = SegmentationMetrics(threshold)
         self.net: nn.Module | None = None
+        self.preprocessing: dict[str, Any] | None = None  # the training data's (image_size, in_channels, mean, std)
 
     @property
     def text_dim(self) -> int:
@@ -145,6 +149,33 @@ class LanguageGuidedSegmenter(L.LightningModule):
         if texts is not None and not isinstance(texts, str) and len(texts) != image.shape[0]:
             raise ConfigError(f"{len(texts)} texts for {image.shape[0]} images; expected one text per image")
         return self(image, self.encode_text(texts))
+
+    @torch.no_grad()
+    def segment_image(self, image: Any, text: str | None = None) -> np.ndarray:
+        """The boolean mask ``(H, W)`` of one image (a file path, PIL image or array) at its own size.
+
+        The image is read, converted, resized and normalised as this model's training data were
+        (``self.preprocessing``, recorded in its checkpoint); the probability is resized back and cut
+        at ``threshold``.
+        """
+        if self.preprocessing is None:
+            raise ConfigError("the model has no preprocessing record (it comes from langseg.load of a checkpoint "
+                              "written by langseg fit); set model.preprocessing = {'image_size': ..., "
+                              "'in_channels': ..., 'mean': [...], 'std': [...]}")
+        if self.use_text and not isinstance(text, str):
+            raise ConfigError(f"{type(self).__name__} segments what a text describes: pass the text as a string")
+        p = self.preprocessing
+        pixels = image_array(image)
+        height, width = pixels.shape[:2]
+        x = normalize(prepare_image(pixels, p["image_size"], p["in_channels"]), p["mean"], p["std"])
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.segment(x[None].to(self.device), [text] if self.use_text else None)["logits"]
+        finally:
+            self.train(was_training)
+        prob = F.interpolate(torch.sigmoid(logits.float()), size=(height, width), mode="bilinear", align_corners=False)
+        return (prob[0, 0] > self.hparams.threshold).cpu().numpy()
 
     def transform_train_batch(self, batch: dict[str, Any], text: TextFeatures | None) -> dict[str, Any]:
         """Training-time transform of a batch on the device, after text encoding: ``augmentation`` applied
@@ -236,12 +267,18 @@ class LanguageGuidedSegmenter(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Records the model class; frozen text-encoder weights are not saved (they are reloaded from their folder)."""
         checkpoint["langseg_model"] = type(self).__name__
+        checkpoint["langseg_model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        preprocessing = datamodule.preprocessing() if hasattr(datamodule, "preprocessing") else self.preprocessing
+        if preprocessing is not None:
+            checkpoint["langseg_preprocessing"] = preprocessing
         if self.text_encoder is not None and self.text_encoder.frozen:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEXT_ENCODER_PREFIX)]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = checkpoint.get("langseg_preprocessing", self.preprocessing)
         saved = checkpoint.get("langseg_model")
         if saved is not None and saved != type(self).__name__:
             raise ConfigError(f"the checkpoint holds a {saved} model, but the config builds {type(self).__name__}; "
