@@ -134,6 +134,29 @@ def _run_tool(argv: list[str]) -> None:
         sys.stdout.write(f"{len(rows)} configs compared: {opts.output}/comparison.md\n")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (so captured or redirected output receives it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """langseg's own messages (run folders, summaries) as plain lines on stderr; Lightning keeps its own handler
+    (configuring the root logger would print each Lightning message twice)."""
+    logger = logging.getLogger("langseg")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def check_yaml(path: Path, _seen: set[Path] | None = None) -> None:
     """A ConfigError naming ``path`` (and line) when it, or a YAML file it names, is missing or not valid YAML;
     jsonargparse would report a syntax error in ``<unicode string>``."""
@@ -191,7 +214,7 @@ def prepare_lightning_args(argv: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``langseg`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         if argv[:1] == ["predict"] and any(t == "--image" or t.startswith("--image=") for t in argv):
             _predict_images(argv[1:])

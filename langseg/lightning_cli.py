@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,26 @@ from langseg.files import atomic_write
 from langseg.inference import read_checkpoint
 from langseg.models.base import LanguageGuidedSegmenter
 
-TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
+TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "log_every_n_steps": 10,
+                    "enable_model_summary": False}  # FitSummary prints the parameter counts (Lightning's shows FLOPs: 0)
 CHECKPOINT_DEFAULTS = {"checkpoint.monitor": "val/dice", "checkpoint.mode": "max", "checkpoint.save_last": True}
 EVALUATION_OPTIONS = ("threshold", "text_encoder")  # model options a checkpoint's user may change after training
 OUTPUT_OPTIONS = ("trainer.default_root_dir", "test_report.output_dir", "prediction_writer.output_dir")
+
+
+class _DropAdvertisement(logging.Filter):
+    """Lightning logs a tip to install a cloud-logging product at every run: not about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip: For seamless cloud logging and experiment tracking")
+
+
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # whichever holds Lightning's stderr handler
+    for _handler in logging.getLogger(_name).handlers:
+        _handler.addFilter(_DropAdvertisement())
+# torch 2.14 deprecates a pytree type check that Lightning 2.6 still calls on every batch: nothing the user can change
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                        module=r"lightning\.pytorch\.utilities\._pytree")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

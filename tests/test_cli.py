@@ -25,6 +25,10 @@ def test_readme_fit_then_test_prints_dice_miou_and_swapped_text(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "val/dice=" in fit.stderr and "last checkpoint: runs/unet/version_0/checkpoints/last.ckpt" in fit.stderr
     assert "eval mode" not in fit.stderr  # Lightning's check that every module trains in training mode
+    lines = fit.stderr.splitlines()
+    assert len(lines) == len(set(lines)) and "UNetBaseline: 12.45 M parameters; run folder" in fit.stderr
+    for noise in ("Tip:", "Total FLOPs", "LeafSpec", "Traceback"):
+        assert noise not in fit.stderr
     test = langseg("test", "--config", "configs/unet.yaml", "--ckpt_path", "runs/unet/version_0/checkpoints/last.ckpt",
                    *TINY, cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
