@@ -335,3 +335,21 @@ def test_the_command_line_starts_without_importing_torch():
                           "assert 'torch' not in sys.modules, 'torch imported'"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_predict_a_csv_of_new_images_without_masks(trained, tmp_path, capsys):
+    data = write_generic_folder(tmp_path / "data", {"train": 2, "val": 2, "test": 3})
+    rows = list(csv.reader((data / "test.csv").open(encoding="utf-8")))
+    with (data / "new.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["image", "text"]] + [[r[0], r[2]] for r in rows[1:]])
+    code, _, err = run_main("predict", "--config", UNET, *TINY, "--ckpt_path", trained / "unet.ckpt", "--data",
+                            "langseg.data.ImageTextMaskDataModule", "--data.root", data, "--data.image_size", "32",
+                            "--data.predict_csv", "new.csv", "--prediction_writer.output_dir", "pred",
+                            cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    assert sorted(p.name for p in (tmp_path / "pred" / "masks").iterdir()) == ["test_0.png", "test_1.png", "test_2.png"]
+    (data / "bad.csv").write_text("image,caption\nimages/test_0.png,x\n")
+    line = the_error(*run_main("predict", "--config", UNET, *TINY, "--ckpt_path", trained / "unet.ckpt", "--data",
+                               "langseg.data.ImageTextMaskDataModule", "--data.root", data, "--data.image_size", "32",
+                               "--data.predict_csv", "bad.csv", cwd=tmp_path, capsys=capsys)[::2])
+    assert "bad.csv: missing column(s) text; found ['image', 'caption'], expected image,mask,text (mask optional)" in line

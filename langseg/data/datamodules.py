@@ -93,7 +93,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                  "predict": (self.predict_split,)}[stage]
+                  "predict": (self._predict_key(),)}[stage]
         for split in splits:
             self.dataset(split)
 
@@ -117,8 +117,11 @@ class SegmentationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def _predict_key(self) -> str:
+        return "predict" if getattr(self, "predict_csv", None) else self.predict_split
+
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split)
+        return self._loader(self._predict_key())
 
 
 class ImageTextMaskDataModule(SegmentationDataModule):
@@ -126,14 +129,17 @@ class ImageTextMaskDataModule(SegmentationDataModule):
 
     Paths in a CSV are relative to it; images PNG/JPEG (8/16-bit, gray or RGB), masks two-level
     (0 and 1 or 255). Images are resized to ``image_size`` and converted to ``in_channels``.
+    ``predict_csv`` (relative to ``root``) names new images to predict: columns ``image,text``, ``mask``
+    optional (when present, overlays outline it).
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, train_csv: str = "train.csv", val_csv: str = "val.csv",
                  test_csv: str = "test.csv", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
-                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+                 swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None) -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
         self.save_hyperparameters()
+        self.predict_csv = predict_csv
         self.root = Path(root).expanduser()
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.mean, self.std = mean, std
@@ -142,6 +148,9 @@ class ImageTextMaskDataModule(SegmentationDataModule):
                             f"{', '.join(self.csv_files.values())}")
 
     def build_dataset(self, split: Split) -> Dataset:
+        if split == "predict":
+            return ImageTextMaskDataset(self.root / self.predict_csv, self.image_size, self.in_channels, self.mean,
+                                        self.std, require_mask=False)
         return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
                                     self.mean, self.std)
 

@@ -165,23 +165,25 @@ def image_size_of(file: Path) -> tuple[int, int]:
         raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
 
 
-def read_csv_records(path: Path) -> list[dict[str, Any]]:
-    """Raw rows of a generic-format CSV: ``image``/``mask`` resolved against the CSV's folder."""
+def read_csv_records(path: Path, require_mask: bool = True) -> list[dict[str, Any]]:
+    """Raw rows of a generic-format CSV: ``image``/``mask`` resolved against the CSV's folder (without
+    ``require_mask``, a CSV of new images may leave out the mask column: ``mask`` is then None)."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found; expected a CSV with columns image,mask,text")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns and (require_mask or c != "mask")]
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {columns}, "
-                                f"expected image,mask,text")
+                                f"expected image,mask,text" + ("" if require_mask else " (mask optional)"))
             raw = list(reader)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
-    return [{"image": path.parent / (rec["image"] or ""), "mask": path.parent / (rec["mask"] or ""),
-             "text": rec["text"], "where": f"{path} row {line}", "line": line, "key": (rec["image"], rec["mask"])}
+    return [{"image": path.parent / (rec["image"] or ""),
+             "mask": path.parent / (rec["mask"] or "") if "mask" in rec else None,
+             "text": rec["text"], "where": f"{path} row {line}", "line": line, "key": (rec["image"], rec.get("mask"))}
             for line, rec in enumerate(raw, start=2)]
 
 
@@ -212,9 +214,10 @@ def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[s
             raise DataError(f"{where}: duplicates row {seen[key]} (same image, mask and text)")
         seen[key] = rec["line"]
         for col in ("image", "mask"):
-            if not rec[col].is_file():
+            if rec[col] is not None and not rec[col].is_file():
                 raise DataError(f"{where}: {col} file '{rec[col]}' not found")
-        isize, msize = image_size_of(rec["image"]), image_size_of(rec["mask"])
+        isize = image_size_of(rec["image"])
+        msize = image_size_of(rec["mask"]) if rec["mask"] is not None else isize
         if isize != msize:
             raise DataError(f"{where}: mask '{rec['mask']}' is {msize[0]}x{msize[1]} but its image is "
                             f"{isize[0]}x{isize[1]}; expected the same size")
@@ -251,7 +254,8 @@ class ImageTextMaskDataset(Dataset):
 
     def __init__(self, csv_path: str | Path | None = None, image_size: int = 224, in_channels: int = 1,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
-                 records: list[dict[str, Any]] | None = None, source: str | Path | None = None) -> None:
+                 records: list[dict[str, Any]] | None = None, source: str | Path | None = None,
+                 require_mask: bool = True) -> None:
         self.image_size = image_size
         self.in_channels = in_channels
         self.mean, self.std = mean, std
@@ -259,7 +263,7 @@ class ImageTextMaskDataset(Dataset):
             if csv_path is None:
                 raise ValueError("ImageTextMaskDataset needs csv_path or records")
             source = Path(csv_path)
-            records = read_csv_records(source)
+            records = read_csv_records(source, require_mask)
         self.source = Path(source or "records")
         self.rows = validate_records(records, self.source)
         assign_ids(self.rows)
@@ -290,14 +294,16 @@ class ImageTextMaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        return {
+        item = {
             "image": normalize(self.load_image(row["image"]), self.mean, self.std),
-            "mask": self.load_mask(row["mask"]),
             "text": row["text"],
             "id": row["id"],
             "image_path": str(row["image"]),
             "orig_size": torch.tensor([row["size"][1], row["size"][0]]),
         }
+        if row["mask"] is not None:
+            item["mask"] = self.load_mask(row["mask"])
+        return item
 
 
 def swap_partners(texts: Sequence[str], seed: int) -> list[int]:
