@@ -26,9 +26,9 @@ class HiMixNet(GuideDecoderNet):
     def __init__(self, in_channels: int = 1, text_dim: int = 384, text_layers: Sequence[int] = (1, 2, 3, 4, 5, 6),
                  encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None, max_text_length: int = 24,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24, heads: int = 8,
-                 sigma: float = 5.0, centred_fft: bool = True) -> None:
+                 sigma: float = 5.0, centred_fft: bool = True, encoder_weights: str | None = None) -> None:
         super().__init__(in_channels, text_dim, encoder_name, encoder_checkpoint, max_text_length, text_tokens,
-                         head_channels, heads=heads, sigma=sigma, centred_fft=centred_fft)
+                         head_channels, encoder_weights, heads=heads, sigma=sigma, centred_fft=centred_fft)
         self.mixer = LayerGroupMixer(text_layers, groups=len(self.guides))
 
     def build_guide(self, channels: int, text_tokens: tuple[int, int], heads: int = 8, sigma: float = 5.0,
@@ -46,6 +46,7 @@ class HiMix(LanguageGuidedSegmenter):
     """HiMix: a ``HiMixNet`` trained with Dice + BCE, the GuideDecoder recipe (AdamW 3e-4, cosine over 200 epochs).
 
     ``text_layers`` None reads every transformer layer ``1..N`` of the text encoder (N a multiple of 3).
+    Image-encoder weights as GuideDecoder's (``encoder_checkpoint``: timm file; ``encoder_weights``: Hugging Face).
     """
 
     text_padding: Literal["longest", "max_length"] = "max_length"
@@ -53,6 +54,7 @@ class HiMix(LanguageGuidedSegmenter):
     requires_text = True
 
     def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
+                 encoder_weights: str | None = None,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), text_layers: Sequence[int] | None = None,
                  heads: int = 8, sigma: float = 5.0, centred_fft: bool = True, head_channels: int = 24,
                  max_text_length: int = 24,
@@ -61,7 +63,7 @@ class HiMix(LanguageGuidedSegmenter):
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
         self.net = HiMixNet(self.in_channels, self.text_dim, tuple(layers), encoder_name, encoder_checkpoint,
-                            max_text_length, text_tokens, head_channels, heads, sigma, centred_fft)
+                            max_text_length, text_tokens, head_channels, heads, sigma, centred_fft, encoder_weights)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs to 1e-6, as GuideDecoder."""
