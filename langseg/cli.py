@@ -55,12 +55,13 @@ def tools_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png} and the runs")
     cmp.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
-    cv = sub.add_parser("convert", help="an official GuideDecoder/HiMix checkpoint as a langseg checkpoint",
-                        epilog="after --: model options for the config, e.g. -- --model.text_encoder /path/to/CXR-BERT")
+    cv = sub.add_parser("convert", help="an official GuideDecoder/HiMix checkpoint as a langseg checkpoint")
     cv.add_argument("--from", dest="method", choices=["guidedecoder", "himix"], required=True, help="official code")
     cv.add_argument("checkpoint", help="the official checkpoint (.ckpt of the official Lightning wrapper)")
     cv.add_argument("--config", required=True, help="the langseg config whose network receives the weights")
     cv.add_argument("--output", required=True, help="the langseg checkpoint to write (for --ckpt_path)")
+    cv.add_argument("overrides", nargs="*", help="after --: options of the config's model, e.g. -- "
+                    "--model.text_encoder /path/to/BiomedVLP-CXR-BERT-specialized")
     return parser
 
 
@@ -81,7 +82,7 @@ def _run_tool(argv: list[str]) -> None:
     elif opts.tool == "convert":
         from langseg.convert import convert_command
 
-        out = convert_command(opts.method, opts.checkpoint, opts.config, opts.output, extra)
+        out = convert_command(opts.method, opts.checkpoint, opts.config, opts.output, [*opts.overrides, *extra])
         sys.stdout.write(f"wrote {out}: the official {opts.method} weights of {opts.checkpoint}\n")
     else:
         from langseg.compare import compare

@@ -14,7 +14,7 @@ from torchvision.ops import sigmoid_focal_loss
 def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1.0) -> Tensor:
     """Soft Dice loss ``1 - (2|P∩G| + s) / (|P| + |G| + s)``, per image then averaged over the batch.
 
-    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 14).
+    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 13).
     """
     prob = torch.sigmoid(logits.float())
     target = target.float()
@@ -49,7 +49,7 @@ def boundary_map(mask: Tensor, kernel_size: int = 3) -> Tensor:
 def boundary_weighted_dice_loss(
     logits: Tensor, target: Tensor, boundary_weight: float = 1.2, kernel_size: int = 3
 ) -> Tensor:
-    """Dice loss with pixel weights ``W = λE + (1 - E)`` on the boundary band E (LSMS Eq. 13-14)."""
+    """Dice loss with pixel weights ``W = λE + (1 - E)`` on the boundary band E (LSMS Eq. 13)."""
     edge = boundary_map(target, kernel_size)
     weight = boundary_weight * edge + (1.0 - edge)
     return dice_loss(logits, target, weight=weight)
