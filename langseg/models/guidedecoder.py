@@ -47,12 +47,14 @@ class GuideDecoderNet(nn.Module):
     projects them to ``text_tokens[i]`` tokens (24, 12, 9 in the paper). A 1-channel image is repeated
     to 3 channels for the backbone, as the paper does for its ImageNet weights. ``encoder_weights``: a Hugging
     Face ConvNeXt folder or weights file (``facebook/convnext-tiny-224``, what the official code loads).
+    ``subpixel``: the head's padding and init, langseg's or MONAI's (the official code's; ``SubpixelHead``).
     """
 
     def __init__(self, in_channels: int = 1, text_dim: int = 384, encoder_name: str = "convnext_tiny",
                  encoder_checkpoint: str | None = None, max_text_length: int = 24,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24,
-                 encoder_weights: str | None = None, **guide_args: Any) -> None:
+                 encoder_weights: str | None = None, subpixel: Literal["langseg", "monai"] = "langseg",
+                 **guide_args: Any) -> None:
         super().__init__()
         if len(text_tokens) != 3:
             raise ConfigError(f"text_tokens needs one token count per decoder stage (3), got {list(text_tokens)}")
@@ -65,7 +67,7 @@ class GuideDecoderNet(nn.Module):
         self.guides = nn.ModuleList(self.build_guide(channels[3 - i], (max_text_length, text_tokens[i]), **guide_args)
                                     for i in range(3))
         self.ups = nn.ModuleList(UpBlock(channels[3 - i], channels[2 - i]) for i in range(3))
-        self.head = SubpixelHead(channels[0], head_channels, scale=reduction)
+        self.head = SubpixelHead(channels[0], head_channels, scale=reduction, style=subpixel)
 
     @property
     def output_stride(self) -> int:
@@ -110,12 +112,12 @@ class GuideDecoder(LanguageGuidedSegmenter):
     def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
                  encoder_weights: str | None = None,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
-                 head_channels: int = 24, max_text_length: int = 24,
+                 head_channels: int = 24, subpixel: Literal["langseg", "monai"] = "langseg", max_text_length: int = 24,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         self.net = GuideDecoderNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, max_text_length,
-                                   text_tokens, head_channels, encoder_weights, self_heads=self_heads,
+                                   text_tokens, head_channels, encoder_weights, subpixel, self_heads=self_heads,
                                    cross_heads=cross_heads)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:

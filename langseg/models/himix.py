@@ -27,9 +27,11 @@ class HiMixNet(GuideDecoderNet):
                  encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None, max_text_length: int = 24,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24, heads: int = 8,
                  sigma: float = 5.0, centred_fft: bool = True, encoder_weights: str | None = None,
-                 ffn: Literal["prenorm", "official"] = "prenorm") -> None:
+                 ffn: Literal["prenorm", "official"] = "prenorm", subpixel: Literal["langseg", "monai"] = "langseg"
+                 ) -> None:
         super().__init__(in_channels, text_dim, encoder_name, encoder_checkpoint, max_text_length, text_tokens,
-                         head_channels, encoder_weights, heads=heads, sigma=sigma, centred_fft=centred_fft, ffn=ffn)
+                         head_channels, encoder_weights, subpixel, heads=heads, sigma=sigma, centred_fft=centred_fft,
+                         ffn=ffn)
         self.mixer = LayerGroupMixer(text_layers, groups=len(self.guides))
 
     def build_guide(self, channels: int, text_tokens: tuple[int, int], heads: int = 8, sigma: float = 5.0,
@@ -60,14 +62,15 @@ class HiMix(LanguageGuidedSegmenter):
                  encoder_weights: str | None = None,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), text_layers: Sequence[int] | None = None,
                  heads: int = 8, sigma: float = 5.0, centred_fft: bool = True,
-                 ffn: Literal["prenorm", "official"] = "prenorm", head_channels: int = 24, max_text_length: int = 24,
+                 ffn: Literal["prenorm", "official"] = "prenorm", head_channels: int = 24,
+                 subpixel: Literal["langseg", "monai"] = "langseg", max_text_length: int = 24,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
         self.net = HiMixNet(self.in_channels, self.text_dim, tuple(layers), encoder_name, encoder_checkpoint,
                             max_text_length, text_tokens, head_channels, heads, sigma, centred_fft, encoder_weights,
-                            ffn)
+                            ffn, subpixel)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs to 1e-6, as GuideDecoder."""
