@@ -16,12 +16,15 @@ GUIDE_SCALE_INIT = 1.421
 class TextTokenProjection(nn.Module):
     """Text to the guide layer's tokens: a 1x1 Conv1d over ``in_tokens`` -> ``out_tokens``, GELU, Linear, LeakyReLU.
 
-    Padding words are zeroed first, so their content never reaches the projected tokens.
+    Padding words are zeroed first, so their content never reaches the projected tokens; with ``mask_padding=False``
+    they enter the Conv1d as they come, as in the official code.
     """
 
-    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int) -> None:
+    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int, mask_padding: bool = True
+                 ) -> None:
         super().__init__()
         self.in_tokens = in_tokens
+        self.mask_padding = mask_padding
         self.tokens = nn.Sequential(nn.Conv1d(in_tokens, out_tokens, 1), nn.GELU())
         self.channels = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
 
@@ -29,7 +32,8 @@ class TextTokenProjection(nn.Module):
         if text.shape[1] != self.in_tokens:
             raise ConfigError(f"the text projection expects {self.in_tokens} tokens, got {text.shape[1]}: "
                              "encode text with padding='max_length' and the same max_text_length")
-        text = text * mask.unsqueeze(-1).to(text.dtype)
+        if self.mask_padding:
+            text = text * mask.unsqueeze(-1).to(text.dtype)
         return self.channels(self.tokens(text))  # (B, T, Ct) -> (B, L, C)
 
 
@@ -78,13 +82,13 @@ class GuideLayer(nn.Module):
     """
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int] | None, self_heads: int = 1,
-                 cross_heads: int = 4) -> None:
+                 cross_heads: int = 4, mask_padding: bool = True) -> None:
         super().__init__()
         self.text_proj: nn.Module
         if text_tokens is None:
             self.text_proj = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
         else:
-            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens)
+            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
         self.self_attn = PositionalSelfAttention(channels, self_heads)
         self.cross_attn = PositionalCrossAttention(channels, cross_heads)
         self.scale = nn.Parameter(torch.tensor(GUIDE_SCALE_INIT))

@@ -79,9 +79,9 @@ class HiMixLayer(nn.Module):
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int], heads: int = 8,
                  sigma: float = 5.0, centred_fft: bool = True, dropout: float = 0.1,
-                 ffn: Literal["prenorm", "official"] = "prenorm") -> None:
+                 ffn: Literal["prenorm", "official"] = "prenorm", mask_padding: bool = True) -> None:
         super().__init__()
-        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens)
+        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
         self.refine = FrequencyRefinement(sigma, centred_fft)
         self.cross_attn = PositionalCrossAttention(channels, heads)
         self.self_attn = PositionalSelfAttention(channels, heads)

@@ -141,6 +141,10 @@ class TextEncoder(nn.Module):
 
     When ``freeze`` is set, the encoder runs in eval mode without gradients and every distinct text is
     encoded once: its features are kept (on the model's device, fp32, unpadded) and reused.
+
+    ``zero_padding`` (default) zeroes the word features and hidden states at padded positions; False keeps the
+    encoder's outputs there (the official GuideDecoder/HiMix code reads them), with ``padding="max_length"`` only,
+    so that they do not depend on the rest of the batch. The sentence embedding never includes padding.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class TextEncoder(nn.Module):
         pooling: Literal["mean", "cls"] = "mean",
         output_hidden_states: bool = False,
         cache: bool = True,
+        zero_padding: bool = True,
     ) -> None:
         super().__init__()
         path = resolve_text_encoder_path(name_or_path)
@@ -162,13 +167,17 @@ class TextEncoder(nn.Module):
         limit = getattr(self.model.config, "max_position_embeddings", max_length)
         if max_length > limit:
             raise ConfigError(f"text max_length={max_length} exceeds the encoder's limit of {limit} tokens")
+        if not zero_padding and padding != "max_length":
+            raise ConfigError("zero_padding=False keeps the features of padded positions, which only a fixed "
+                              "padding='max_length' makes independent of the batch")
         self.max_length = max_length
         self.padding = padding
+        self.zero_padding = zero_padding
         self.pooling = pooling
         self.output_hidden_states = output_hidden_states
         self.frozen = freeze
         self.use_cache = cache and freeze
-        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None, int]] = {}  # tokens, sentence, hidden, length
         self._warned_truncation = False
         if freeze:
             self.model.requires_grad_(False)
@@ -202,11 +211,12 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                          output_hidden_states=self.output_hidden_states, **extra)
         mask = enc["attention_mask"].bool()
-        tokens = out.last_hidden_state * mask.unsqueeze(-1)
+        keep = mask.unsqueeze(-1) if self.zero_padding else torch.ones_like(mask.unsqueeze(-1))
+        sentence = self._pool(out.last_hidden_state * mask.unsqueeze(-1), mask)
         hidden = None
         if self.output_hidden_states:
-            hidden = tuple(h * mask.unsqueeze(-1) for h in out.hidden_states)
-        return TextFeatures(tokens=tokens, mask=mask, sentence=self._pool(tokens, mask), hidden_states=hidden)
+            hidden = tuple(h * keep for h in out.hidden_states)
+        return TextFeatures(tokens=out.last_hidden_state * keep, mask=mask, sentence=sentence, hidden_states=hidden)
 
     def _pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
         if self.pooling == "cls":
@@ -225,15 +235,16 @@ class TextEncoder(nn.Module):
                 feats = self._encode(missing)
             for i, text in enumerate(missing):
                 n = int(feats.mask[i].sum())
-                hidden = None if feats.hidden_states is None else torch.stack([h[i, :n] for h in feats.hidden_states])
-                self._cache[text] = (feats.tokens[i, :n].float(), feats.sentence[i].float(),
-                                     None if hidden is None else hidden.float())
+                kept = n if self.zero_padding else feats.tokens.shape[1]  # the padded positions' features too
+                hidden = None if feats.hidden_states is None else torch.stack([h[i, :kept] for h in feats.hidden_states])
+                self._cache[text] = (feats.tokens[i, :kept].float(), feats.sentence[i].float(),
+                                     None if hidden is None else hidden.float(), n)
         return self._assemble([self._cache[t] for t in texts])
 
-    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None]]) -> TextFeatures:
+    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None, int]]) -> TextFeatures:
         device = next(self.model.parameters()).device
         tokens = pad_sequence([it[0] for it in items], batch_first=True)
-        lengths = torch.tensor([it[0].shape[0] for it in items])
+        lengths = torch.tensor([it[3] for it in items])
         width = self.max_length if self.padding == "max_length" else tokens.shape[1]
         tokens = nn.functional.pad(tokens, (0, 0, 0, width - tokens.shape[1]))
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)

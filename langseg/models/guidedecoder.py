@@ -74,9 +74,9 @@ class GuideDecoderNet(nn.Module):
         return self.encoder.feature_info.reduction()[-1]
 
     def build_guide(self, channels: int, text_tokens: tuple[int, int], self_heads: int = 1,
-                    cross_heads: int = 4) -> nn.Module:
+                    cross_heads: int = 4, mask_text_padding: bool = True) -> nn.Module:
         """The guide layer of one decoder stage."""
-        return GuideLayer(channels, self.text_dim, text_tokens, self_heads, cross_heads)
+        return GuideLayer(channels, self.text_dim, text_tokens, self_heads, cross_heads, mask_text_padding)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         """The text features each decoder stage reads, coarsest first: the last hidden state for all."""
@@ -102,7 +102,8 @@ class GuideDecoder(LanguageGuidedSegmenter):
     """GuideDecoder: a ``GuideDecoderNet`` trained with Dice + BCE; paper recipe AdamW at 3e-4 with cosine
     annealing (200 epochs, to 1e-6). Text is padded to ``max_text_length`` tokens.
 
-    Image-encoder weights: ``encoder_checkpoint`` (a timm checkpoint file) or ``encoder_weights`` (a Hugging
+    ``mask_text_padding=False`` feeds the padded words' features to the token projection, as the official code
+    does (True zeroes them). Image-encoder weights: ``encoder_checkpoint`` (a timm checkpoint file) or ``encoder_weights`` (a Hugging
     Face ConvNeXt folder such as ``facebook/convnext-tiny-224``, or its ``model.safetensors``/``pytorch_model.bin``).
     """
 
@@ -112,13 +113,15 @@ class GuideDecoder(LanguageGuidedSegmenter):
     def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None,
                  encoder_weights: str | None = None,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
-                 head_channels: int = 24, subpixel: Literal["langseg", "monai"] = "langseg", max_text_length: int = 24,
+                 head_channels: int = 24, subpixel: Literal["langseg", "monai"] = "langseg",
+                 mask_text_padding: bool = True, max_text_length: int = 24,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         self.net = GuideDecoderNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, max_text_length,
                                    text_tokens, head_channels, encoder_weights, subpixel, self_heads=self_heads,
-                                   cross_heads=cross_heads)
+                                   cross_heads=cross_heads, mask_text_padding=mask_text_padding)
+        self.text_encoder.zero_padding = mask_text_padding  # False: the padded words' features, as encoded
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs to 1e-6."""

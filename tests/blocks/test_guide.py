@@ -82,3 +82,14 @@ def test_monai_style_head_zero_pads_and_starts_as_nearest_neighbour_upsampling()
     assert blurred[0, 0, 0, 0] == 1 / 16 and torch.allclose(blurred[..., 3:, 3:], ones[..., 3:, 3:])
     with pytest.raises(ConfigError, match="subpixel style"):
         SubpixelHead(8, style="pytorch")
+
+
+def test_unmasked_projection_reads_the_padded_words_as_the_official_code():
+    text, mask = _text()
+    masked, unmasked = TextTokenProjection(16, 12, 8, 4), TextTokenProjection(16, 12, 8, 4, mask_padding=False)
+    unmasked.load_state_dict(masked.state_dict())
+    changed = text.clone()
+    changed[0, 3:] += 1.0  # only the padded words of the first text
+    assert torch.allclose(masked(text, mask), masked(changed, mask))
+    assert torch.allclose(unmasked(text, mask)[1], unmasked(changed, mask)[1])
+    assert not torch.allclose(unmasked(text, mask)[0], unmasked(changed, mask)[0])

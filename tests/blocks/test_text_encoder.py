@@ -126,3 +126,18 @@ def test_clip_folder_gives_the_text_tower(tmp_path, text_only):
     _same_hidden_states(enc, tower, TEXTS)
     feats = enc(TEXTS)
     assert feats.tokens.shape[1] == 18 and feats.mask.sum(1).tolist() == [18, 18]  # truncated to 18 tokens
+
+
+def test_kept_padding_features_are_the_encoders_and_survive_the_cache():
+    cached = TextEncoder("tiny", max_length=24, padding="max_length", zero_padding=False, output_hidden_states=True)
+    direct = TextEncoder("tiny", max_length=24, padding="max_length", zero_padding=False, cache=False,
+                         output_hidden_states=True)
+    zeroed = TextEncoder("tiny", max_length=24, padding="max_length")
+    first, again, plain, ref = cached(TEXTS), cached(TEXTS[::-1]), direct(TEXTS), zeroed(TEXTS)
+    pad = ~first.mask
+    assert pad.any() and (first.tokens[pad].abs().sum(-1) > 0).all()  # the encoder's outputs at [PAD]
+    assert torch.allclose(first.tokens, plain.tokens, atol=1e-5) and torch.allclose(again.tokens[0], first.tokens[1])
+    assert torch.allclose(first.hidden_states[2], plain.hidden_states[2], atol=1e-5)
+    assert torch.allclose(first.sentence, ref.sentence, atol=1e-5) and torch.equal(first.mask, ref.mask)
+    with pytest.raises(ConfigError, match="zero_padding=False"):
+        TextEncoder("tiny", zero_padding=False)
