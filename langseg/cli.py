@@ -1,4 +1,4 @@
-"""The ``langseg`` command: Lightning's fit/validate/test/predict, plus list-models, data and compare."""
+"""The ``langseg`` command: Lightning's fit/validate/test/predict, plus list-models, data, compare and convert."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ LIGHTNING_COMMANDS = {
     "predict": "write masks and overlays for a split, or for new images: "
                "langseg predict --ckpt_path m.ckpt --image film.png --text '...'",
 }
-TOOLS = ("list-models", "data", "compare")
+TOOLS = ("list-models", "data", "compare", "convert")
 
 
 def _one_line(err: BaseException) -> str:
@@ -80,6 +80,13 @@ def tools_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png} and the runs")
     cmp.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
+    cv = sub.add_parser("convert", help="an official GuideDecoder/HiMix checkpoint as a langseg checkpoint")
+    cv.add_argument("--from", dest="method", choices=["guidedecoder", "himix"], required=True, help="official code")
+    cv.add_argument("checkpoint", help="the official checkpoint (.ckpt of the official Lightning wrapper)")
+    cv.add_argument("--config", required=True, help="the langseg config whose network receives the weights")
+    cv.add_argument("--output", required=True, help="the langseg checkpoint to write (for --ckpt_path)")
+    cv.add_argument("overrides", nargs="*", help="after --: options of the config's model, e.g. -- "
+                    "--model.text_encoder /path/to/BiomedVLP-CXR-BERT-specialized")
     return parser
 
 
@@ -109,6 +116,9 @@ def _predict_images(argv: list[str]) -> None:
 
 
 def _run_tool(argv: list[str]) -> None:
+    extra: list[str] = []
+    if argv[0] == "convert" and "--" in argv:  # config overrides for the network that receives the weights
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     opts = tools_parser().parse_args(argv)
     if opts.tool == "list-models":
         from langseg.registry import list_models
@@ -122,6 +132,11 @@ def _run_tool(argv: list[str]) -> None:
 
         counts = convert_lvit(opts.src, opts.dst, copy=opts.copy)
         sys.stdout.write(f"wrote {opts.dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n")
+    elif opts.tool == "convert":
+        from langseg.convert import convert_command
+
+        out = convert_command(opts.method, opts.checkpoint, opts.config, opts.output, [*opts.overrides, *extra])
+        sys.stdout.write(f"wrote {out}: the official {opts.method} weights of {opts.checkpoint}\n")
     else:
         from langseg.compare import compare
 

@@ -5,6 +5,8 @@ fp32 whatever the autocast dtype.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,7 +16,7 @@ from torchvision.ops import sigmoid_focal_loss
 def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1.0) -> Tensor:
     """Soft Dice loss ``1 - (2|P∩G| + s) / (|P| + |G| + s)``, per image then averaged over the batch.
 
-    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 14).
+    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 13).
     """
     prob = torch.sigmoid(logits.float())
     target = target.float()
@@ -49,7 +51,7 @@ def boundary_map(mask: Tensor, kernel_size: int = 3) -> Tensor:
 def boundary_weighted_dice_loss(
     logits: Tensor, target: Tensor, boundary_weight: float = 1.2, kernel_size: int = 3
 ) -> Tensor:
-    """Dice loss with pixel weights ``W = λE + (1 - E)`` on the boundary band E (LSMS Eq. 13-14)."""
+    """Dice loss with pixel weights ``W = λE + (1 - E)`` on the boundary band E (LSMS Eq. 13)."""
     edge = boundary_map(target, kernel_size)
     weight = boundary_weight * edge + (1.0 - edge)
     return dice_loss(logits, target, weight=weight)
@@ -57,16 +59,20 @@ def boundary_weighted_dice_loss(
 
 def pixel_text_contrastive_loss(
     pixels: Tensor, text: Tensor, target: Tensor, temperature: float = 0.1, num_samples: int = 256,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, form: Literal["infonce", "literal"] = "infonce",
 ) -> Tensor:
-    """Vision-language pixel contrastive loss (LSMS Eq. 14), InfoNCE form, in fp32.
+    """Vision-language pixel contrastive loss (LSMS Eq. 14), in fp32: InfoNCE form, or Eq. 14 as printed.
 
     ``pixels`` (B, C, h, w) pixel features, ``text`` (B, C) the projected mean word feature L_avg,
     ``target`` (B, 1, H, W) binary mask (resized to h x w by nearest neighbour). Per image, at most
     ``num_samples`` positive pixels p_i and ``num_samples`` negative pixels n_j are drawn; each p_i
     is pulled to L_avg and pushed from every n_j: ``-log(e^{p.L/τ} / (e^{p.L/τ} + Σ_j e^{p.n_j/τ}))``
-    on L2-normalised features. Images without positive pixels are skipped; 0 if none has any.
+    on L2-normalised features (``form="infonce"``). ``form="literal"`` is Eq. 14 as printed, without the log:
+    ``-e^{p.L/τ} / (e^{p.L/τ} + Σ_j e^{p.n_j/τ})``, in [-1, 0] (a different scale, so α weighs it differently).
+    Images without positive pixels are skipped; 0 if none has any.
     """
+    if form not in ("infonce", "literal"):
+        raise ValueError(f"form must be 'infonce' or 'literal', got {form!r}")
     pixels = F.normalize(pixels.float(), dim=1)
     text = F.normalize(text.float(), dim=1)
     target = F.interpolate(target.float(), size=pixels.shape[-2:], mode="nearest").flatten(1) > 0.5  # (B, h*w)
@@ -80,7 +86,10 @@ def pixel_text_contrastive_loss(
         neg = neg[torch.randperm(neg.numel(), device=neg.device, generator=generator)[:num_samples]]
         p, n = feats[b, pos], feats[b, neg]  # (P, C), (N, C)
         logits = torch.cat([p @ text[b, :, None], p @ n.T], dim=1) / temperature  # (P, 1 + N)
-        terms.append(torch.logsumexp(logits, dim=1) - logits[:, 0])
+        if form == "literal":
+            terms.append(-logits.softmax(dim=1)[:, 0])
+        else:
+            terms.append(torch.logsumexp(logits, dim=1) - logits[:, 0])
     if not terms:
         return pixels.sum() * 0.0
     return torch.cat(terms).mean()

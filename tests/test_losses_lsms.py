@@ -48,3 +48,16 @@ def test_fp32_under_bf16_inputs():
     loss = pixel_text_contrastive_loss(torch.randn(2, 4, 8, 8, dtype=torch.bfloat16),
                                        torch.randn(2, 4, dtype=torch.bfloat16), mask)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_literal_eq14_is_minus_the_probability_whose_log_infonce_takes():
+    torch.manual_seed(0)
+    mask, pixels, text = _mask(), torch.randn(2, 4, 8, 8), torch.randn(2, 4)
+    infonce = pixel_text_contrastive_loss(pixels, text, mask, num_samples=4, generator=torch.Generator().manual_seed(1))
+    literal = pixel_text_contrastive_loss(pixels, text, mask, num_samples=4, generator=torch.Generator().manual_seed(1),
+                                          form="literal")  # the same samples
+    assert -1.0 <= literal <= 0.0 < infonce
+    assert literal <= -torch.exp(-infonce)  # Jensen: mean(p) >= exp(mean(log p)), p the positives' probabilities
+    aligned = _features(mask, True, torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 2))
+    perfect = pixel_text_contrastive_loss(aligned, torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 2), mask, form="literal")
+    assert perfect < -0.99  # every positive pixel's probability is ~1

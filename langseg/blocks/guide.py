@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,12 +17,15 @@ GUIDE_SCALE_INIT = 1.421
 class TextTokenProjection(nn.Module):
     """Text to the guide layer's tokens: a 1x1 Conv1d over ``in_tokens`` -> ``out_tokens``, GELU, Linear, LeakyReLU.
 
-    Padding words are zeroed first, so their content never reaches the projected tokens.
+    Padding words are zeroed first, so their content never reaches the projected tokens; with ``mask_padding=False``
+    they enter the Conv1d as they come, as in the official code.
     """
 
-    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int) -> None:
+    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int, mask_padding: bool = True
+                 ) -> None:
         super().__init__()
         self.in_tokens = in_tokens
+        self.mask_padding = mask_padding
         self.tokens = nn.Sequential(nn.Conv1d(in_tokens, out_tokens, 1), nn.GELU())
         self.channels = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
 
@@ -29,7 +33,8 @@ class TextTokenProjection(nn.Module):
         if text.shape[1] != self.in_tokens:
             raise ConfigError(f"the text projection expects {self.in_tokens} tokens, got {text.shape[1]}: "
                              "encode text with padding='max_length' and the same max_text_length")
-        text = text * mask.unsqueeze(-1).to(text.dtype)
+        if self.mask_padding:
+            text = text * mask.unsqueeze(-1).to(text.dtype)
         return self.channels(self.tokens(text))  # (B, T, Ct) -> (B, L, C)
 
 
@@ -78,13 +83,13 @@ class GuideLayer(nn.Module):
     """
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int] | None, self_heads: int = 1,
-                 cross_heads: int = 4) -> None:
+                 cross_heads: int = 4, mask_padding: bool = True) -> None:
         super().__init__()
         self.text_proj: nn.Module
         if text_tokens is None:
             self.text_proj = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
         else:
-            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens)
+            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
         self.self_attn = PositionalSelfAttention(channels, self_heads)
         self.cross_attn = PositionalCrossAttention(channels, cross_heads)
         self.scale = nn.Parameter(torch.tensor(GUIDE_SCALE_INIT))
@@ -127,15 +132,37 @@ class UpBlock(nn.Module):
         return self.convs(torch.cat([x, skip], dim=1))
 
 
-class SubpixelHead(nn.Module):
-    """Sub-pixel upsampling head: 3x3 conv to ``r^2 * mid`` channels, pixel shuffle x``r``, blur, 1x1 conv to logits."""
+def icnr_(conv: nn.Conv2d, scale: int) -> None:
+    """ICNR init (Aitken et al., 2017) of a conv before a x``scale`` pixel shuffle: each group of ``scale^2`` output
+    channels shares one Kaiming-normal kernel, so the shuffled output starts as a nearest-neighbour upsampling."""
+    out_channels, *rest = conv.weight.shape
+    kernel = torch.empty(out_channels // scale**2, *rest)
+    nn.init.kaiming_normal_(kernel)
+    with torch.no_grad():
+        conv.weight.copy_(kernel.repeat_interleave(scale**2, dim=0))
 
-    def __init__(self, in_channels: int, mid_channels: int = 24, scale: int = 4, out_channels: int = 1) -> None:
+
+class SubpixelHead(nn.Module):
+    """Sub-pixel upsampling head: 3x3 conv to ``r^2 * mid`` channels, pixel shuffle x``r``, blur, 1x1 conv to logits.
+
+    The blur pads ``r - 1`` rows and columns at the top and left, then averages ``r x r`` windows, removing the
+    checkerboard of the shuffle. ``style="langseg"`` pads by replication (no dark border) with the default init;
+    ``style="monai"`` is MONAI's ``SubpixelUpsample``, which the official GuideDecoder/HiMix use: zero padding and
+    ICNR init.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int = 24, scale: int = 4, out_channels: int = 1,
+                 style: Literal["langseg", "monai"] = "langseg") -> None:
         super().__init__()
+        if style not in ("langseg", "monai"):
+            raise ConfigError(f"subpixel style must be 'langseg' or 'monai', got {style!r}")
         self.shuffle = nn.Sequential(nn.Conv2d(in_channels, mid_channels * scale**2, 3, padding=1),
                                      nn.PixelShuffle(scale))
-        # replicate-pad then average, removing the checkerboard of the shuffle (as MONAI's SubpixelUpsample)
-        self.blur = nn.Sequential(nn.ReplicationPad2d((scale - 1, 0, scale - 1, 0)), nn.AvgPool2d(scale, stride=1))
+        pad = (scale - 1, 0, scale - 1, 0)
+        self.blur = nn.Sequential(nn.ReplicationPad2d(pad) if style == "langseg" else nn.ZeroPad2d(pad),
+                                  nn.AvgPool2d(scale, stride=1))
+        if style == "monai":
+            icnr_(self.shuffle[0], scale)
         self.out = nn.Conv2d(mid_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """HiMix blocks (Hwang et al., WACV 2026): layer-group text mixer (DLFM), FFT refinement (ASRM), decoder layer."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -71,17 +71,27 @@ class FrequencyRefinement(nn.Module):
 
 
 class HiMixLayer(nn.Module):
-    """HiMix decoder layer: ASRM, cross-attention to the text, self-attention, FFN, each with a learnable scale."""
+    """HiMix decoder layer: ASRM, cross-attention to the text, self-attention, FFN, each with a learnable scale.
+
+    ``ffn="prenorm"``: LayerNorm, Linear C -> C/2, ReLU, Dropout, Linear C/2 -> C, Dropout (pre-norm like the two
+    attentions); ``ffn="official"``: the official code's Linear, ReLU, Dropout, Linear (its ``norm`` is never called).
+    """
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int], heads: int = 8,
-                 sigma: float = 5.0, centred_fft: bool = True, dropout: float = 0.1) -> None:
+                 sigma: float = 5.0, centred_fft: bool = True, dropout: float = 0.1,
+                 ffn: Literal["prenorm", "official"] = "prenorm", mask_padding: bool = True) -> None:
         super().__init__()
-        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens)
+        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
         self.refine = FrequencyRefinement(sigma, centred_fft)
         self.cross_attn = PositionalCrossAttention(channels, heads)
         self.self_attn = PositionalSelfAttention(channels, heads)
-        self.ffn = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, channels // 2), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout), nn.Linear(channels // 2, channels), nn.Dropout(dropout))
+        mlp = [nn.Linear(channels, channels // 2), nn.ReLU(inplace=True), nn.Dropout(dropout),
+               nn.Linear(channels // 2, channels)]
+        if ffn == "prenorm":
+            mlp = [nn.LayerNorm(channels), *mlp, nn.Dropout(dropout)]
+        elif ffn != "official":
+            raise ConfigError(f"ffn must be 'prenorm' or 'official', got {ffn!r}")
+        self.ffn = nn.Sequential(*mlp)
         self.scales = nn.Parameter(torch.full((3,), GUIDE_SCALE_INIT))
 
     def forward(self, vis: Tensor, text: Tensor, mask: Tensor) -> Tensor:

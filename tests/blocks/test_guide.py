@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from langseg.blocks.guide import GuideLayer, SubpixelHead, TextTokenProjection, UpBlock
+from langseg.errors import ConfigError
 
 
 def _text(b=2, t=8, c=16, lengths=(3, 8)):
@@ -74,3 +75,30 @@ def test_single_conv_up_block_with_biases_and_relu():
 def test_subpixel_head_upsamples_to_one_channel(size, scale):
     head = SubpixelHead(16, mid_channels=6, scale=scale)
     assert head(torch.randn(2, 16, size, size)).shape == (2, 1, scale * size, scale * size)
+
+
+def test_monai_style_head_zero_pads_and_starts_as_nearest_neighbour_upsampling():
+    torch.manual_seed(0)
+    monai, ours = SubpixelHead(8, mid_channels=3, scale=4, style="monai"), SubpixelHead(8, mid_channels=3, scale=4)
+    with torch.no_grad():
+        monai.shuffle[0].bias.zero_()  # ICNR sets the weights only (as MONAI's icnr_init)
+        shuffled = monai.shuffle(torch.randn(1, 8, 5, 5))  # so each 4x4 block of the shuffle is constant
+    blocks = shuffled.unfold(2, 4, 4).unfold(3, 4, 4)  # (1, 3, 5, 5, 4, 4)
+    assert torch.allclose(blocks, blocks[..., :1, :1].expand_as(blocks))
+    ones = torch.ones(1, 3, 8, 8)
+    assert torch.allclose(ours.blur(ones), ones) and ours.blur(ones).shape == ones.shape
+    blurred = monai.blur(ones)  # zeros enter the first 3 rows and columns
+    assert blurred[0, 0, 0, 0] == 1 / 16 and torch.allclose(blurred[..., 3:, 3:], ones[..., 3:, 3:])
+    with pytest.raises(ConfigError, match="subpixel style"):
+        SubpixelHead(8, style="pytorch")
+
+
+def test_unmasked_projection_reads_the_padded_words_as_the_official_code():
+    text, mask = _text()
+    masked, unmasked = TextTokenProjection(16, 12, 8, 4), TextTokenProjection(16, 12, 8, 4, mask_padding=False)
+    unmasked.load_state_dict(masked.state_dict())
+    changed = text.clone()
+    changed[0, 3:] += 1.0  # only the padded words of the first text
+    assert torch.allclose(masked(text, mask), masked(changed, mask))
+    assert torch.allclose(unmasked(text, mask)[1], unmasked(changed, mask)[1])
+    assert not torch.allclose(unmasked(text, mask)[0], unmasked(changed, mask)[0])

@@ -80,3 +80,14 @@ def test_himix_layer_ignores_padding_words():
     mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
     garbage = text + 3 * torch.randn_like(text) * (~mask).unsqueeze(-1)
     torch.testing.assert_close(layer(vis, text, mask), layer(vis, garbage, mask))
+
+
+def test_official_ffn_is_the_official_codes_linear_relu_dropout_linear():
+    x = torch.randn(2, 5, 16)
+    official = HiMixLayer(16, 8, (4, 3), heads=2, ffn="official").eval()
+    lin1, lin2 = official.ffn[0], official.ffn[3]
+    assert torch.allclose(official.ffn(x), lin2(torch.relu(lin1(x))))  # no norm, one dropout (off in eval)
+    prenorm = HiMixLayer(16, 8, (4, 3), heads=2).eval()
+    assert isinstance(prenorm.ffn[0], torch.nn.LayerNorm) and len(prenorm.ffn) == len(official.ffn) + 2
+    with pytest.raises(ConfigError, match="ffn must be 'prenorm' or 'official'"):
+        HiMixLayer(16, 8, (4, 3), heads=2, ffn="postnorm")

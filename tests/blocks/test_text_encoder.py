@@ -5,6 +5,7 @@ import torch
 
 from langseg.blocks.text_encoder import TextEncoder
 from langseg.errors import ConfigError
+from tests.hf_folders import write_biomedbert_folder, write_clip_folder, write_cxr_bert_folder
 
 TEXTS = ["One infected area in the upper left lung.", "All lesions: bilateral pulmonary infection, three infected areas."]
 
@@ -83,3 +84,60 @@ def test_packaged_default_is_minilm_384d():
     assert feats.tokens.shape[-1] == enc.hidden_size == 384 and enc.num_layers == 6
     sim = torch.nn.functional.cosine_similarity
     assert sim(feats.sentence[0], feats.sentence[1], dim=0) > sim(feats.sentence[0], feats.sentence[2], dim=0)
+
+
+def _same_hidden_states(enc: TextEncoder, reference: torch.nn.Module, texts: list[str]) -> None:
+    """Every hidden state of ``enc`` equals the reference model's on the same tokens (real tokens only)."""
+    batch = enc.tokenizer(texts, padding=True, truncation=True, max_length=enc.max_length, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**batch, output_hidden_states=True).hidden_states
+    feats = enc(texts)
+    mask = batch["attention_mask"].bool()
+    assert len(feats.hidden_states) == len(expected)
+    for got, want in zip(feats.hidden_states, expected):
+        assert torch.allclose(got[mask], want[mask], atol=1e-5)
+
+
+def test_cxr_bert_folder_loads_as_plain_bert_with_the_masked_lm_hidden_states(tmp_path):
+    mlm = write_cxr_bert_folder(tmp_path / "BiomedVLP-CXR-BERT-specialized")
+    enc = TextEncoder(str(tmp_path / "BiomedVLP-CXR-BERT-specialized"), output_hidden_states=True)
+    assert type(enc.model).__name__ == "BertModel" and enc.num_layers == 3
+    assert enc.tokenizer.tokenize("Left LUNG") == ["left", "lung"]  # do_lower_case honoured
+    _same_hidden_states(enc, mlm.bert, TEXTS)
+
+
+def test_biomedbert_folder_loads_with_the_masked_lm_hidden_states(tmp_path):
+    mlm = write_biomedbert_folder(tmp_path / "BiomedBERT")
+    enc = TextEncoder(str(tmp_path / "BiomedBERT"), output_hidden_states=True)
+    _same_hidden_states(enc, mlm.bert, TEXTS)
+
+
+def test_remote_code_of_a_non_bert_model_is_refused_by_name(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "mystery", "auto_map": {"AutoModel": "x.Y"}}')
+    with pytest.raises(ConfigError, match="ships custom code"):
+        TextEncoder(str(tmp_path))
+
+
+@pytest.mark.parametrize("text_only", [False, True], ids=["CLIPModel", "CLIPTextModel"])
+def test_clip_folder_gives_the_text_tower(tmp_path, text_only):
+    tower = write_clip_folder(tmp_path / "clip", text_only=text_only)
+    enc = TextEncoder(str(tmp_path / "clip"), max_length=18, output_hidden_states=True)
+    assert type(enc.model).__name__ == "CLIPTextModel" and enc.hidden_size == 32
+    _same_hidden_states(enc, tower, TEXTS)
+    feats = enc(TEXTS)
+    assert feats.tokens.shape[1] == 18 and feats.mask.sum(1).tolist() == [18, 18]  # truncated to 18 tokens
+
+
+def test_kept_padding_features_are_the_encoders_and_survive_the_cache():
+    cached = TextEncoder("tiny", max_length=24, padding="max_length", zero_padding=False, output_hidden_states=True)
+    direct = TextEncoder("tiny", max_length=24, padding="max_length", zero_padding=False, cache=False,
+                         output_hidden_states=True)
+    zeroed = TextEncoder("tiny", max_length=24, padding="max_length")
+    first, again, plain, ref = cached(TEXTS), cached(TEXTS[::-1]), direct(TEXTS), zeroed(TEXTS)
+    pad = ~first.mask
+    assert pad.any() and (first.tokens[pad].abs().sum(-1) > 0).all()  # the encoder's outputs at [PAD]
+    assert torch.allclose(first.tokens, plain.tokens, atol=1e-5) and torch.allclose(again.tokens[0], first.tokens[1])
+    assert torch.allclose(first.hidden_states[2], plain.hidden_states[2], atol=1e-5)
+    assert torch.allclose(first.sentence, ref.sentence, atol=1e-5) and torch.equal(first.mask, ref.mask)
+    with pytest.raises(ConfigError, match="zero_padding=False"):
+        TextEncoder("tiny", zero_padding=False)

@@ -146,3 +146,18 @@ def test_paper_config_keeps_the_model_default_polynomial_decay():
     scheduler = config["lr_scheduler"]
     assert isinstance(scheduler, torch.optim.lr_scheduler.PolynomialLR)
     assert (scheduler.total_iters, scheduler.power) == (100, 0.9)
+
+
+def test_paper_config_matches_table_two_parameters_within_five_percent():
+    cli = _cli("configs/lsms_paper.yaml", "--model.init_args.use_text", "false")
+    params = sum(p.numel() for p in cli.model.net.parameters()) / 1e6
+    assert abs(params / 8.78 - 1) < 0.05 and cli.model.net.decoder.align_stage == 1
+
+
+def test_literal_eq14_contrastive_form_from_the_model_options():
+    torch.manual_seed(0)
+    model = LSMS(text_encoder="tiny", con_form="literal", **SMALL)
+    batch = _batch()
+    text = model.encode_text(batch["text"])
+    terms = model.compute_loss(model(batch["image"], text), batch["mask"], text)
+    assert -1.0 <= terms["con"].item() <= 0.0  # minus a mean probability, not a log-loss

@@ -1,0 +1,66 @@
+"""Parameters and FLOPs of the paper presets at each paper's input size, beside the papers' and the official code's.
+
+    PYTHONPATH=. python benchmarks/reproduction_figures.py    # writes docs/benchmarks/reproduction.md
+
+FLOPs: one multiply-add = one FLOP (``langseg.profiling.count_macs``); text encoders excluded. The official-code
+figures are those of an independent run of the official code with random weights (``shared/methods``).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine
+from benchmarks.himix_figures import bert_base_like_folder, cost_row
+from benchmarks.reclmis_figures import complexity
+from langseg.models import GuideDecoder, HiMix
+from langseg.models.lsms import LSMSNet
+from langseg.profiling import count_macs, count_parameters
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "reproduction.md"
+
+
+def lsms_row(label: str, size: int = 480, **kwargs) -> str:
+    """Image-only LSMS (Table II's row without the language branch) at ``size``."""
+    net = LSMSNet(3, 0, **kwargs).eval()
+    macs = count_macs(lambda: net(torch.zeros(1, 3, size, size), None)) / 1e9
+    params = count_parameters(net) / 1e6
+    return (f"| {label} | {size}² | 8.78 M / 8.91 G | none released | {params:.2f} M ({params / 8.78 - 1:+.1%}) / "
+            f"{macs:.2f} G ({macs / 8.91 - 1:+.1%}) |")
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    lines = ["# Paper presets: parameters and FLOPs", "", f"Machine: {machine()}", "",
+             "Command: `PYTHONPATH=. python benchmarks/reproduction_figures.py`", "",
+             "## GuideDecoder and HiMix (224², ConvNeXt-T, a random 768-d 12-layer BERT as CXR-BERT's shape)", "",
+             "Official code (random weights): ConvNeXt-T 27.82 M; decoder 14.03 M (GuideDecoder), 14.80 M (HiMix); "
+             "head 0.33 M. The papers report no counts.", "",
+             "| model (image encoder, text encoder) | input | trainable M | decoder+head M | frozen text M | GFLOPs |",
+             "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        bert = str(bert_base_like_folder(Path(tmp)))
+        lines.append(cost_row("GuideDecoder, guidedecoder_paper", GuideDecoder(text_encoder=bert), 224))
+        lines.append(cost_row("HiMix, langseg default (ffn prenorm)", HiMix(text_encoder=bert), 224))
+        lines.append(cost_row("HiMix, himix_paper (ffn official, unshifted FFT)",
+                              HiMix(text_encoder=bert, ffn="official", centred_fft=False), 224))
+    _, reclmis = complexity(224)
+    lines += ["", "## RecLMIS (224², text encoder excluded)", "",
+              "| graph | paper | official code | langseg (reclmis_paper) |", "|---|---|---|---|",
+              f"| inference | 23.7 M / 24.1 G | 17.66 M / 23.78 G | {reclmis['inf_params']:.2f} M / "
+              f"{reclmis['inf_flops']:.2f} G |",
+              f"| training | 74.2 M / 36.62 G | 69.44 M / 28.7 G | {reclmis['train_params']:.2f} M / "
+              f"{reclmis['train_flops']:.2f} G |",
+              "", "## LSMS image-only (480², Table II)", "",
+              "| model | input | paper | official code | langseg |", "|---|---|---|---|---|",
+              lsms_row("decoder at H/4 (Eq. 11), FFN ratio 2 (the model's default)"),
+              lsms_row("lsms_paper: decoder at H/8, FFN ratios 2/4/2/2", align_stage=1, mlp_ratios=(2, 4, 2, 2))]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
