@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from langseg.cli import LIGHTNING_COMMANDS, main, tools_parser
+from langseg.cli import LIGHTNING_COMMANDS, main, predict_images_parser, tools_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,10 @@ def test_the_docs_show_commands():
 def test_documented_command_parses(source, command, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     argv = shlex.split(command)[1:]
-    if argv[0] in LIGHTNING_COMMANDS:
+    if argv[0] == "predict" and "--image" in argv:  # run end to end in tests/test_cli_faults.py
+        opts = predict_images_parser().parse_args(argv[1:])
+        assert opts.ckpt_path.endswith(".ckpt") and opts.image and opts.text
+    elif argv[0] in LIGHTNING_COMMANDS:
         with pytest.raises(SystemExit) as done:
             main([*argv, "--print_config"])
         assert done.value.code in (0, None), capsys.readouterr().err[-2000:]

@@ -62,6 +62,10 @@ def resolve_text_encoder_path(name_or_path: str) -> Path:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -76,6 +80,9 @@ def model_family(path: Path) -> Literal["auto", "bert", "clip"]:
     that ships remote code, e.g. CXR-BERT, loaded as a plain ``BertModel``) or ``"auto"`` (``AutoModel``)."""
     config = _read_json(path / "config.json")
     model_type = str(config.get("model_type", ""))
+    if not model_type:
+        raise ConfigError(f"'{path / 'config.json'}' has no \"model_type\"; expected the config.json a transformers "
+                          f"model saves (e.g. \"model_type\": \"bert\")")
     if model_type in ("clip", "clip_text_model"):
         return "clip"
     if "auto_map" not in config and "auto_map" not in _read_json(path / "tokenizer_config.json"):
@@ -126,7 +133,14 @@ LOADERS = {"auto": _load_auto, "bert": _load_bert, "clip": _load_clip_text}
 
 
 def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
+    from transformers.utils import logging as hf_logging
+
     loader = LOADERS[model_family(path)]
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"text encoder folder '{path}' has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                          f"save the tokenizer beside the model (tokenizer.save_pretrained(folder))")
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local folder loads in a moment: the bar is only noise in every run's log
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a fixed random init for random_init
@@ -134,6 +148,9 @@ def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"text encoder folder '{path}' could not be loaded as a transformers "
                           f"model and tokenizer: {err}") from err
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 class TextEncoder(nn.Module):

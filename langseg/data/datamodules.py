@@ -143,11 +143,11 @@ class ImageTextMaskDataModule(SegmentationDataModule):
         self.root = Path(root).expanduser()
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.mean, self.std = mean, std
-        if not self.root.is_dir():
-            raise DataError(f"data root '{self.root}' is not a folder; expected a folder holding "
-                            f"{', '.join(self.csv_files.values())}")
 
     def build_dataset(self, split: Split) -> Dataset:
+        if not self.root.is_dir():  # checked when data are needed: building a model from the config needs none
+            raise DataError(f"data root '{self.root}' is not a folder; expected a folder holding "
+                            f"{', '.join(self.csv_files.values())}")
         if split == "predict":
             return ImageTextMaskDataset(self.root / self.predict_csv, self.image_size, self.in_channels, self.mean,
                                         self.std, require_mask=False)

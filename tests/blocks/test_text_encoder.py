@@ -141,3 +141,17 @@ def test_kept_padding_features_are_the_encoders_and_survive_the_cache():
     assert torch.allclose(first.sentence, ref.sentence, atol=1e-5) and torch.equal(first.mask, ref.mask)
     with pytest.raises(ConfigError, match="zero_padding=False"):
         TextEncoder("tiny", zero_padding=False)
+
+
+def test_folder_without_model_type_or_tokenizer_is_named(tmp_path):
+    import json
+
+    from langseg.blocks.text_encoder import TextEncoder
+    from langseg.errors import ConfigError
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    with pytest.raises(ConfigError, match=r"config.json' has no \"model_type\""):
+        TextEncoder(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "model_type": "bert"}))
+    with pytest.raises(ConfigError, match=r"has no tokenizer files \(one of tokenizer.json, vocab.txt"):
+        TextEncoder(str(tmp_path))  # transformers blamed a missing sentencepiece
