@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ def tools_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="tool", required=True, metavar="COMMAND", parser_class=ToolsParser)
     for name, text in LIGHTNING_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
-    lm = sub.add_parser("list-models", help="registered model names")
+    lm = sub.add_parser("list-models", help="registered model names, what each is and its paper")
     lm.add_argument("pattern", nargs="?", default="*")
+    lm.add_argument("--names", action="store_true", help="names only, one per line")
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True,
                                                                     parser_class=ToolsParser)
     conv = data.add_parser("convert", help="convert a dataset layout to the generic CSV format")
@@ -126,7 +128,19 @@ def _run_tool(argv: list[str]) -> None:
         names = list_models(opts.pattern)
         if not names:
             raise ConfigError(f"no registered model matches {opts.pattern!r}; registered: {', '.join(list_models())}")
-        sys.stdout.write("\n".join(names) + "\n")
+        if opts.names:
+            sys.stdout.write("\n".join(names) + "\n")
+            return
+        from langseg.registry import model_info
+
+        width = max(len(n) for n in names)
+        shown: set[str] = set()
+        for name in names:
+            description, paper = model_info(name)
+            sys.stdout.write(f"{name:<{width}}  {description}\n")
+            if paper and paper not in shown:  # once per family
+                sys.stdout.write(f"{'':<{width}}  paper: {paper}\n")
+                shown.add(paper)
     elif opts.tool == "data":
         from langseg.data.lvit import convert_lvit
 
@@ -242,6 +256,9 @@ def main(args: list[str] | None = None) -> None:
             if args is None:  # Lightning warns when given both args and a command line: hand it sys.argv
                 sys.argv[1:] = prepared
             build_cli(None if args is None else prepared)
+    except BrokenPipeError:  # e.g. `langseg list-models | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as err:
         cause = _find_langseg_error(err)
         if cause is None:

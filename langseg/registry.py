@@ -85,3 +85,16 @@ def model_config(name: str) -> dict[str, Any]:
     defaults = getattr(entry, "defaults", {})
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
             "init_args": {k: _config_value(name, k, v) for k, v in defaults.items()}}
+
+
+def model_info(name: str) -> tuple[str, str]:
+    """``(description, paper)`` of a registered name: the variant's description or the first line of the
+    class docstring, and the class's ``paper``."""
+    entry = get_model_class(name)
+    cls = entry if isinstance(entry, type) else getattr(entry, "model", entry)
+    doc = (entry.__doc__ if not isinstance(entry, type) else cls.__doc__) or ""
+    first = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+    if isinstance(entry, type):  # a class docstring: its first sentence
+        first = first.split("; ")[0].split(". ")[0]
+    first = first.rstrip(".")
+    return first, getattr(cls, "paper", "")

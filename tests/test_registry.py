@@ -36,3 +36,12 @@ def test_unknown_model_name_lists_the_known_ones():
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ConfigError, match="already registered"):
         langseg.register_model("unet")(object)
+
+
+def test_every_model_has_a_description_and_its_family_a_paper():
+    from langseg.registry import model_info
+
+    for name in langseg.list_models():
+        description, paper = model_info(name)
+        assert len(description) > 20 and "\n" not in description, name
+        assert paper, name

@@ -55,6 +55,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
             *aligned)``; True = the method's paper default (``default_augmentation``), False = none.
     """
 
+    paper: str = ""  # the method's publication, shown by ``langseg list-models``
     text_padding: Literal["longest", "max_length"] = "longest"
     text_hidden_states: bool = False
     requires_text: bool = False

@@ -60,6 +60,8 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
     cosine annealing over 100 epochs.
     """
 
+    paper = 'A Text-Image Fusion Method with Data Augmentation Capabilities for Referring Medical Image Segmentation (arXiv 2510.12482)'
+
     def __init__(
         self,
         arch: str = "Unet",

@@ -107,6 +107,8 @@ class GuideDecoder(LanguageGuidedSegmenter):
     Face ConvNeXt folder such as ``facebook/convnext-tiny-224``, or its ``model.safetensors``/``pytorch_model.bin``).
     """
 
+    paper = "Zhong et al., Ariadne's Thread: Using Text Prompts to Improve Segmentation of Infected Areas from Chest X-ray Images (MICCAI 2023)"
+
     text_padding: Literal["longest", "max_length"] = "max_length"
     requires_text = True
 

@@ -56,6 +56,8 @@ class HiMix(LanguageGuidedSegmenter):
     official code's (``HiMixLayer``, ``SubpixelHead``, ``GuideDecoder``).
     """
 
+    paper = 'Sim et al., HiMix: Hierarchical Visual-Textual Mixing Network for Lesion Segmentation (WACV 2026)'
+
     text_padding: Literal["longest", "max_length"] = "max_length"
     text_hidden_states = True
     requires_text = True

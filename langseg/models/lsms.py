@@ -55,7 +55,9 @@ class LSMSNet(nn.Module):
 
 @register_model("lsms")
 class LSMS(LanguageGuidedSegmenter):
-    """LSMS; ``use_text=False`` is the paper's image-only variant (no language branch, no L_con, no text encoder).
+    """LSMS: SVLA encoder, Full-Scale Decoder and Hamburger head, trained with focal + boundary-weighted Dice + α L_con (Eq. 15).
+
+    ``use_text=False`` is the paper's image-only variant (no language branch, no L_con, no text encoder).
 
     Defaults follow Table I (blocks 3/3/5/2, widths 64/128/320/512) and Sec. IV-C (d = 7, 11, 21,
     α = 0.125, λ = 1.2, τ = 0.1; AdamW at 3e-5 with polynomial decay, power 0.9, over 100 epochs).
@@ -64,6 +66,8 @@ class LSMS(LanguageGuidedSegmenter):
     to (0 = H/4 as Eq. 11 reads, 1 = H/8, which matches Table II's FLOPs; ``configs/lsms_paper.yaml``).
     ``con_form``: L_con as InfoNCE (``"infonce"``, with the log) or Eq. 14 as printed (``"literal"``).
     """
+
+    paper = 'Ouyang et al., Language-guided Scale-aware MedSegmentor for Lesion Segmentation in Medical Imaging'
 
     def __init__(
         self,

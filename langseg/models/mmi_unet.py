@@ -102,6 +102,8 @@ class MMIUNet(LanguageGuidedSegmenter):
     """MMI-UNet: an ``MMIUNetNet`` trained with Dice + BCE; official recipe AdamW at 3e-4 with cosine annealing
     (200 epochs, to 1e-6) and a random zoom (0.95-1.2, p=0.1). Text is padded to ``max_text_length`` tokens."""
 
+    paper = 'Bui et al., MMI-UNet (official code: nguyenpbui/MMI-UNet)'
+
     text_padding: Literal["longest", "max_length"] = "max_length"
     requires_text = True
 

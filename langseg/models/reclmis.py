@@ -93,6 +93,8 @@ class RecLMIS(LanguageGuidedSegmenter):
     photometric one (Gaussian blur, contrast, and for RGB saturation/hue jitter).
     """
 
+    paper = 'Huang et al., Cross-Modal Conditioned Reconstruction for Language-guided Medical Image Segmentation'
+
     requires_text = True
 
     def __init__(

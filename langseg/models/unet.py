@@ -42,6 +42,8 @@ class SMPNet(nn.Module):
 class UNetBaseline(LanguageGuidedSegmenter):
     """The reference every method is compared against: an ``SMPNet`` on the image alone (Dice + BCE)."""
 
+    paper = 'Ronneberger et al., U-Net (MICCAI 2015), via segmentation-models-pytorch'
+
     def __init__(self, arch: str = "Unet", encoder_name: str = "resnet18", encoder_weights: str | None = None,
                  encoder_depth: int | None = None, decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
                  **kwargs: Any) -> None:
