@@ -33,32 +33,36 @@ def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str)
     return Path(output_dir) if output_dir is not None else Path(trainer.log_dir) / name
 
 
-def plot_training_curves(metrics_csv: Path, output: Path) -> Path | None:
-    """``output`` (PNG): training loss per step and validation loss and Dice per epoch, from a CSV logger's
-    ``metrics.csv``; None when the file holds no such values."""
+def plot_training_curves(runs: dict[str, Path], output: Path) -> Path | None:
+    """``output`` (PNG): training loss per step and validation loss and Dice per epoch of one or several runs
+    (``{label: metrics.csv of a CSV logger}``, one line per run); None when the files hold no such values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with Path(metrics_csv).open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-
-    def series(key: str, x: str) -> tuple[list[float], list[float]]:
+    def series(rows: list[dict[str, str]], key: str, x: str) -> tuple[list[float], list[float]]:
         points = [(float(r[x]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get(x) not in (None, "")]
         return [p[0] for p in points], [p[1] for p in points]
 
-    panels = [("train/loss", "step"), ("val/loss", "epoch"), ("val/dice", "epoch")]
-    panels = [(key, x, *series(key, x)) for key, x in panels]
-    panels = [p for p in panels if p[2]]
-    if not panels:
+    tables = {}
+    for label, path in runs.items():
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            tables[label] = list(csv.DictReader(fh))
+    keys = [(key, x) for key, x in (("train/loss", "step"), ("val/loss", "epoch"), ("val/dice", "epoch"))
+            if any(series(rows, key, x)[0] for rows in tables.values())]
+    if not keys:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
-    for ax, (key, x, xs, ys) in zip(axes[0], panels):
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, (key, x) in zip(axes[0], keys):
+        for label, rows in tables.items():
+            xs, ys = series(rows, key, x)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
         ax.set_xlabel(x)
         ax.set_title(key)
         ax.grid(alpha=0.3)
+    if len(tables) > 1:
+        axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     atomic_write(output, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -98,7 +102,8 @@ class FitSummary(L.Callback):
         if metrics_file is not None:
             logger.save()
             if Path(metrics_file).is_file():
-                curves = plot_training_curves(Path(metrics_file), Path(metrics_file).with_name("curves.png"))
+                curves = plot_training_curves({type(pl_module).__name__: Path(metrics_file)},
+                                              Path(metrics_file).with_name("curves.png"))
                 if curves is not None:
                     log.info("training curves: %s", curves)
 

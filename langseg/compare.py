@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
+from langseg.callbacks import plot_training_curves
 from langseg.files import atomic_write, atomic_write_text
 from langseg.lightning_cli import build_cli
 from langseg.profiling import count_macs, count_parameters
@@ -35,10 +36,12 @@ def run_config(config: str, run_dir: Path, extra_args: Sequence[str] = ()) -> di
     start = time.perf_counter()
     trainer.fit(model, dm)
     fit_seconds = time.perf_counter() - start
+    metrics_csv = getattr(getattr(trainer.logger, "experiment", None), "metrics_file_path", None)
     ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
     (result,) = trainer.test(model, dm, ckpt_path=ckpt, verbose=False)
     return {"config": config, "model": type(model).__name__, "params_m": count_parameters(model) / 1e6,
             "gflops": macs / 1e9, "image_size": int(image.shape[-1]), "fit_seconds": fit_seconds,
+            "metrics_csv": str(metrics_csv) if metrics_csv else "",
             **{k.removeprefix("test/"): float(v) for k, v in result.items()}}
 
 
@@ -73,7 +76,8 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def compare(configs: Sequence[str], output_dir: str | Path, extra_args: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Run every config, then write ``comparison.md``, ``comparison.json`` and ``comparison.png``."""
+    """Run every config, then write ``comparison.md``, ``comparison.json``, ``comparison.png`` (bar chart) and
+    ``curves.png`` (every run's training loss and validation loss and Dice in one figure)."""
     output_dir = Path(output_dir)
     rows = []
     for config in configs:
@@ -85,4 +89,7 @@ def compare(configs: Sequence[str], output_dir: str | Path, extra_args: Sequence
     atomic_write_text(output_dir / "comparison.md", markdown_table(rows) + note)
     atomic_write_text(output_dir / "comparison.json", json.dumps(rows, indent=2) + "\n")
     bar_chart(rows, output_dir / "comparison.png")
+    runs = {Path(r["config"]).stem: Path(r["metrics_csv"]) for r in rows if r["metrics_csv"]}
+    if runs and all(p.is_file() for p in runs.values()):
+        plot_training_curves(runs, output_dir / "curves.png")
     return rows

@@ -29,6 +29,7 @@ def test_compare_writes_one_row_per_config_and_trains_in_training_mode(tmp_path,
     data = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert data[0]["params_m"] != data[1]["params_m"] and all(r["gflops"] > 0 for r in data)
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000  # every run's curves in one figure
     for stem in ("unet", "fpn"):  # each config's run under the output folder
         assert (tmp_path / "cmp" / stem / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "fpn.yaml"]
