@@ -105,6 +105,15 @@ def explicit_model_options(argv: list[str]) -> set[str]:
     return names
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and Namespaces as dicts, for comparing a parsed option with a saved one."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 class LangsegArgumentParser(LightningArgumentParser):
     """Lightning's parser, reporting a bad option as one ``langseg: error:`` line (no usage dump)."""
 
@@ -180,6 +189,8 @@ def one_line_parser_error(message: str, parser: Any) -> str:
                 + (f"; did you mean {', '.join(close)}?" if close else ""))
     if key and lines[0] != f'Parser key "{key}":':
         text = lines[0].split(":", 1)[1].strip() + (" " + text if kept else "")
+    if text.startswith("the following arguments are required:") and ".model" in text:
+        text += " (pass a config, e.g. --config configs/unet.yaml, or --model NAME and --data CLASS_OR_YAML)"
     if given and "Got value" not in text:
         text += f"; got {given!r}"
     return f"--{key}: {text}" if key else text
@@ -252,7 +263,7 @@ class LangsegCLI(LightningCLI):
         for name in sorted(explicit_model_options(self._argv)):
             if name in EVALUATION_OPTIONS:
                 kept[name] = init_args.get(name)
-            elif name in hparams and init_args.get(name) != hparams[name]:
+            elif name in hparams and _plain(init_args.get(name)) != _plain(hparams[name]):
                 raise ConfigError(f"--model.init_args.{name} {init_args.get(name)!r}: the model's options come from "
                                   f"--ckpt_path {ckpt_path} ({name}={hparams[name]!r}); only "
                                   f"{', '.join(EVALUATION_OPTIONS)} can be changed after training")
