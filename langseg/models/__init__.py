@@ -4,8 +4,9 @@ from langseg.models.early_fusion import EarlyFusionNet, EarlyFusionSegmenter
 from langseg.models.guidedecoder import GuideDecoder, GuideDecoderNet
 from langseg.models.himix import HiMix, HiMixNet
 from langseg.models.lsms import LSMS, LSMSNet
+from langseg.models.lvit import LViT, LViTNet
 from langseg.models.reclmis import RecLMIS, RecLMISNet
 from langseg.models.unet import SMPNet, UNetBaseline
 
 __all__ = ["EarlyFusionNet", "EarlyFusionSegmenter", "GuideDecoder", "GuideDecoderNet", "HiMix", "HiMixNet", "LSMS",
-           "LSMSNet", "LanguageGuidedSegmenter", "RecLMIS", "RecLMISNet", "SMPNet", "UNetBaseline"]
+           "LSMSNet", "LViT", "LViTNet", "LanguageGuidedSegmenter", "RecLMIS", "RecLMISNet", "SMPNet", "UNetBaseline"]
