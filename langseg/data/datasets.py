@@ -83,7 +83,7 @@ def _read_array(path: Path) -> np.ndarray:
                 img = img.convert("RGB")
             return np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+        raise DataError(f"{path}: cannot read the image ({err}); expected a PNG, JPEG or TIFF file") from err
 
 
 def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -102,7 +102,7 @@ def image_size_of(file: Path) -> tuple[int, int]:
         with Image.open(file) as img:
             return img.size
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+        raise DataError(f"{file}: cannot read the image ({err}); expected a PNG, JPEG or TIFF file") from err
 
 
 def read_csv_records(path: Path) -> list[dict[str, Any]]:
