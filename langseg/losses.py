@@ -13,10 +13,12 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 
-def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1.0) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smooth: float = 1.0,
+              squared: bool = False) -> Tensor:
     """Soft Dice loss ``1 - (2|P∩G| + s) / (|P| + |G| + s)``, per image then averaged over the batch.
 
-    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 13).
+    ``weight`` (broadcastable to ``logits``) weights every pixel in both sums (LSMS Eq. 13). ``squared``
+    sums ``p^2`` and ``g^2`` in the denominator instead (the V-Net form, which LViT's code uses).
     """
     prob = torch.sigmoid(logits.float())
     target = target.float()
@@ -25,13 +27,28 @@ def dice_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, smoo
     weight = weight.float().expand_as(prob)
     dims = tuple(range(1, prob.ndim))
     inter = (weight * prob * target).sum(dims)
-    denom = (weight * prob).sum(dims) + (weight * target).sum(dims)
+    power = 2 if squared else 1
+    denom = (weight * prob**power).sum(dims) + (weight * target**power).sum(dims)
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
 def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy on logits, mean over pixels."""
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def balanced_bce_loss(logits: Tensor, target: Tensor, positive_weight: float = 0.5) -> Tensor:
+    """Class-balanced BCE on logits: ``w * mean_{g=1} BCE + (1 - w) * mean_{g=0} BCE`` over the whole batch.
+
+    Each class's pixels are averaged on their own, so a small lesion weighs as much as the background
+    (LViT's ``WeightedBCE`` with weights 0.5/0.5); a class absent from the batch contributes 0.
+    """
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    pos = (target > 0.5).float()
+    neg = 1.0 - pos
+    return (positive_weight * (bce * pos).sum() / pos.sum().clamp_min(1.0)
+            + (1.0 - positive_weight) * (bce * neg).sum() / neg.sum().clamp_min(1.0))
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

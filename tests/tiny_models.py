@@ -18,6 +18,7 @@ TINY = {
                   text_layers=(2, 3, 4)),
     "early_fusion": dict(text_encoder="tiny", decoder_channels=(32, 16, 8, 8, 8)),
     "mmi_unet": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16),
+    "lvit": dict(text_encoder="tiny", widths=(4, 8, 16, 32, 32), num_heads=2, image_size=32),
 }
 
 

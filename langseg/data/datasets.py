@@ -112,7 +112,7 @@ def _read_array(path: Path) -> np.ndarray:
         raise DataError(f"{path}: image too large ({err}); expected an image below PIL's "
                         f"{Image.MAX_IMAGE_PIXELS} pixel limit") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+        raise DataError(f"{path}: cannot read the image ({err}); expected a PNG, JPEG or TIFF file") from err
 
 
 def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -162,7 +162,7 @@ def image_size_of(file: Path) -> tuple[int, int]:
         with Image.open(file) as img:
             return img.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise DataError(f"{file}: cannot read the image ({err}); expected a PNG or JPEG file") from err
+        raise DataError(f"{file}: cannot read the image ({err}); expected a PNG, JPEG or TIFF file") from err
 
 
 def read_csv_records(path: Path, require_mask: bool = True) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
-"""QaTa-COV19 and MosMedData+ in LViT's layout: read in place, or convert to the generic CSV format.
+"""QaTa-COV19, MosMedData+ and MoNuSeg in LViT's layout: read in place, or convert to the generic CSV format.
 
 Layout: ``<root>/{Train,Val,Test}_Folder/{img/, labelcol/, <Split>_text.xlsx}``; the spreadsheet has
-columns ``Image | Description``. A key ``mask_<x>.png`` (QaTa) names the mask ``labelcol/mask_<x>.png``
-and the image ``img/<x>.png``; any other key (MosMed) names both files. The splits are exactly the
-spreadsheets' rows.
+columns ``Image | Description``. A key is a bare file name that names the mask ``labelcol/<key>``. The
+image is ``img/<key>`` without a leading ``mask_`` (QaTa: ``mask_<x>.png`` -> ``img/<x>.png``; MosMed:
+the same name). When that file is absent, the one image of the same stem is used, as LViT's loader pairs
+MoNuSeg's ``img/<x>.tif`` with ``labelcol/<x>.png``. The splits are exactly the spreadsheets' rows.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import csv
 import io
 import os
 import shutil
-from pathlib import Path
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from langseg.data.datamodules import SegmentationDataModule, Split
@@ -46,6 +48,7 @@ def read_lvit_records(root: str | Path, split: str) -> list[dict[str, Any]]:
         raise DataError(f"{xlsx}: missing column(s) {', '.join(missing)}; found {list(table.columns)}, "
                         f"expected Image, Description")
     folder = xlsx.parent
+    images_by_stem = _files_by_stem(folder / "img")
     records = []
     for offset, (key, text) in enumerate(zip(table["Image"], table["Description"])):
         line = offset + 2  # header is row 1
@@ -53,14 +56,40 @@ def read_lvit_records(root: str | Path, split: str) -> list[dict[str, Any]]:
         if not isinstance(key, str) or not key.strip():
             raise DataError(f"{where}: column 'Image' is {key!r}; expected a file name such as mask_covid_1.png")
         key = key.strip()
-        image_name = key[len("mask_"):] if key.startswith("mask_") else key
-        records.append({"image": folder / "img" / image_name, "mask": folder / "labelcol" / key, "text": text,
+        name = PurePosixPath(key.replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts:
+            raise DataError(f"{where}: key {key!r} leaves the dataset folder; expected a file name inside "
+                            f"{folder / 'labelcol'}, such as mask_covid_1.png")
+        image = folder / "img" / (key[len("mask_"):] if key.startswith("mask_") else key)
+        if not image.is_file():
+            image = _same_stem(image, images_by_stem, where)
+        records.append({"image": image, "mask": folder / "labelcol" / key, "text": text,
                         "where": where, "line": line, "key": (key,)})
     return records
 
 
+def _files_by_stem(folder: Path) -> dict[Path, list[Path]]:
+    """The files under ``folder`` grouped by path without suffix (``a/b.tif`` -> ``a/b``); empty if no folder."""
+    groups: dict[Path, list[Path]] = defaultdict(list)
+    if folder.is_dir():
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                groups[file.with_suffix("")].append(file)
+    return groups
+
+
+def _same_stem(image: Path, images_by_stem: dict[Path, list[Path]], where: str) -> Path:
+    """The one image whose name differs from ``image`` only in its suffix (MoNuSeg: ``.tif`` for ``.png``);
+    ``image`` itself when there is none (the check of the files then names it)."""
+    found = images_by_stem.get(image.with_suffix(""), [])
+    if len(found) > 1:
+        raise DataError(f"{where}: image '{image}' not found and several files share its stem "
+                        f"({', '.join(f.name for f in found)}); expected one image per mask")
+    return found[0] if found else image
+
+
 class LViTDataModule(SegmentationDataModule):
-    """QaTa-COV19 / MosMedData+ read in place from LViT's layout (``root`` holds ``Train_Folder`` ...)."""
+    """QaTa-COV19 / MosMedData+ / MoNuSeg read in place from LViT's layout (``root`` holds ``Train_Folder`` ...)."""
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),

@@ -4,9 +4,11 @@ from langseg.models.early_fusion import EarlyFusionNet, EarlyFusionSegmenter
 from langseg.models.guidedecoder import GuideDecoder, GuideDecoderNet
 from langseg.models.himix import HiMix, HiMixNet
 from langseg.models.lsms import LSMS, LSMSNet
+from langseg.models.lvit import LViT, LViTNet
 from langseg.models.mmi_unet import MMIUNet, MMIUNetNet
 from langseg.models.reclmis import RecLMIS, RecLMISNet
 from langseg.models.unet import SMPNet, UNetBaseline
 
 __all__ = ["EarlyFusionNet", "EarlyFusionSegmenter", "GuideDecoder", "GuideDecoderNet", "HiMix", "HiMixNet", "LSMS",
-           "LSMSNet", "LanguageGuidedSegmenter", "MMIUNet", "MMIUNetNet", "RecLMIS", "RecLMISNet", "SMPNet", "UNetBaseline"]
+           "LSMSNet", "LViT", "LViTNet", "LanguageGuidedSegmenter", "MMIUNet", "MMIUNetNet", "RecLMIS", "RecLMISNet",
+           "SMPNet", "UNetBaseline"]

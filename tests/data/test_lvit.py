@@ -17,8 +17,20 @@ from langseg.errors import DataError
 SPLITS = {"Train": 4, "Val": 2, "Test": 2}
 
 
-def write_lvit(root: Path, qata: bool = True) -> dict[str, list[tuple[str, str]]]:
-    """QaTa-style (mask_ keys) or MosMed-style (shared names) miniature; returns (key, text) per split."""
+def _names(dataset: str, split: str, i: int) -> tuple[str, str, str]:
+    """(spreadsheet key, image file, mask file) in each dataset's naming as LViT ships it."""
+    if dataset == "qata":  # the key is the mask's name; the image drops its mask_ prefix
+        return f"mask_covid_{split.lower()}_{i}.png", f"covid_{split.lower()}_{i}.png", f"mask_covid_{split.lower()}_{i}.png"
+    if dataset == "mosmed":  # image and mask share one name
+        name = f"study_{split.lower()}_{i}.png"
+        return name, name, name
+    # MoNuSeg: TCGA slide names; the key and the mask say .png, the image is a .tif
+    stem = f"TCGA-{split[:2].upper()}-A1{i}K-01Z-00-DX1"
+    return f"{stem}.png", f"{stem}.tif", f"{stem}.png"
+
+
+def write_lvit(root: Path, dataset: str = "qata") -> dict[str, list[tuple[str, str]]]:
+    """A miniature of ``dataset`` (qata, mosmed, monuseg) in LViT's layout; returns (key, text) per split."""
     rows: dict[str, list[tuple[str, str]]] = {}
     rng = np.random.default_rng(0)
     for split, n in SPLITS.items():
@@ -27,27 +39,62 @@ def write_lvit(root: Path, qata: bool = True) -> dict[str, list[tuple[str, str]]
         (folder / "labelcol").mkdir()
         rows[split] = []
         for i in range(n):
-            name = f"covid_{split.lower()}_{i}.png"
-            key = f"mask_{name}" if qata else name
-            Image.fromarray(rng.integers(0, 255, (24, 30), dtype=np.uint8)).save(folder / "img" / name)
+            key, image, mask_name = _names(dataset, split, i)
+            shape = (24, 30, 3) if dataset == "monuseg" else (24, 30)  # MoNuSeg: RGB H&E tiles
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / "img" / image)
             mask = np.zeros((24, 30), np.uint8)
             mask[4:10, 5 + i:12 + i] = 255
-            Image.fromarray(mask).save(folder / "labelcol" / key)
+            Image.fromarray(mask).save(folder / "labelcol" / mask_name)
             rows[split].append((key, f"Unilateral pulmonary infection, one infected area, lower left lung {i}."))
         pd.DataFrame(rows[split], columns=["Image", "Description"]).to_excel(folder / f"{split}_text.xlsx", index=False)
     return rows
 
 
-@pytest.mark.parametrize("qata", [True, False])
-def test_reads_in_place_with_exact_split_counts(tmp_path, qata):
-    rows = write_lvit(tmp_path / "ds", qata)
+@pytest.mark.parametrize("dataset", ["qata", "mosmed", "monuseg"])
+def test_reads_in_place_with_exact_split_counts(tmp_path, dataset):
+    rows = write_lvit(tmp_path / "ds", dataset)
     dm = LViTDataModule(str(tmp_path / "ds"), image_size=16, num_workers=0, batch_size=2)
     dm.setup("fit")
     dm.setup("test")
     assert len(dm.dataset("train")) == 4 and len(dm.dataset("val")) == 2 and len(dm.dataset("test")) == 2
     item = dm.dataset("train")[1]
+    key, image, _ = _names(dataset, "Train", 1)
     assert item["text"] == rows["Train"][1][1] and item["image"].shape == (1, 16, 16)
-    assert item["id"] == "covid_train_1" and item["orig_size"].tolist() == [24, 30]
+    assert Path(item["image_path"]).name == image and item["id"] == Path(image).stem
+    assert item["orig_size"].tolist() == [24, 30] and item["mask"].sum() > 0
+
+
+@pytest.mark.parametrize("dataset", ["qata", "mosmed", "monuseg"])
+def test_convert_pairs_each_datasets_images_and_masks(tmp_path, dataset):
+    rows = write_lvit(tmp_path / dataset, dataset)
+    assert convert_lvit(tmp_path / dataset, tmp_path / "generic") == {"train": 4, "val": 2, "test": 2}
+    for split in ("Train", "Val", "Test"):
+        with (tmp_path / "generic" / f"{split.lower()}.csv").open(encoding="utf-8") as fh:
+            table = list(csv.DictReader(fh))
+        expected = [_names(dataset, split, i) for i in range(SPLITS[split])]
+        assert [(Path(r["image"]).name, Path(r["mask"]).name) for r in table] == [(im, m) for _, im, m in expected]
+        assert [r["text"] for r in table] == [t for _, t in rows[split]]
+    dm = ImageTextMaskDataModule(str(tmp_path / "generic"), image_size=16, in_channels=3, num_workers=0)
+    assert dm.dataset("test")[0]["image"].shape == (3, 16, 16)
+
+
+def test_two_images_of_one_stem_are_ambiguous(tmp_path):
+    write_lvit(tmp_path / "monuseg", "monuseg")
+    key, image, _ = _names("monuseg", "Val", 1)
+    Image.new("RGB", (30, 24)).save(tmp_path / "monuseg" / "Val_Folder" / "img" / image.replace(".tif", ".jpg"))
+    with pytest.raises(DataError, match=r"Val_text.xlsx row 3: image .* several files share its stem \(.*\.jpg, .*\.tif\)"):
+        convert_lvit(tmp_path / "monuseg", tmp_path / "out")
+
+
+@pytest.mark.parametrize("key", ["../../Val_Folder/labelcol/mask_covid_val_0.png", "/etc/mask_covid_val_0.png",
+                                 "..\\Val_Folder\\labelcol\\mask_covid_val_0.png"])
+def test_a_key_that_leaves_the_dataset_folder_is_refused(tmp_path, key):
+    write_lvit(tmp_path / "qata")
+    xlsx = _edit(tmp_path / "qata", "Train", lambda f: f.loc.__setitem__((2, "Image"), key))
+    with pytest.raises(DataError) as info:
+        LViTDataModule(str(tmp_path / "qata")).setup("fit")
+    message = str(info.value)
+    assert message.startswith(f"{xlsx} row 4: key {key!r} leaves the dataset folder") and "\n" not in message
 
 
 def test_convert_round_trip_keeps_counts_names_and_texts(tmp_path):

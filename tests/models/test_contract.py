@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = langseg.list_models()
 QUICK_CONFIGS = {"unet_small": "unet.yaml", "lsms_small": "lsms.yaml", "reclmis_small": "reclmis.yaml",
                  "guidedecoder_small": "guidedecoder.yaml", "himix_small": "himix.yaml",
-                 "early_fusion_small": "early_fusion_unet.yaml", "mmi_unet_small": "mmi_unet.yaml"}
+                 "early_fusion_small": "early_fusion_unet.yaml", "mmi_unet_small": "mmi_unet.yaml",
+                 "lvit_small": "lvit.yaml"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,7 +134,8 @@ def test_small_variant_is_what_the_quick_config_trains(name):
 
 
 @pytest.mark.parametrize("config", ["lsms_paper.yaml", "reclmis_paper.yaml", "guidedecoder_paper.yaml",
-                                    "himix_paper.yaml", "early_fusion_unet_paper.yaml", "mmi_unet_paper.yaml"])
+                                    "himix_paper.yaml", "early_fusion_unet_paper.yaml", "mmi_unet_paper.yaml",
+                                    "lvit_paper.yaml"])
 def test_paper_config_trains_with_the_method_default_schedule(config):
     tiny = ["--model.text_encoder", "tiny"] + (["--model.text_layers", "[2, 3, 4]"] if "himix" in config else [])
     cli = build_cli(["--config", str(REPO / "configs" / config), *tiny], run=False)
