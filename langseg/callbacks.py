@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
@@ -67,6 +67,34 @@ def plot_training_curves(runs: dict[str, Path], output: Path) -> Path | None:
     atomic_write(output, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return output
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest weights.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only in a step that also saved a top-k checkpoint, so after the
+    last improvement of the monitored metric it kept the best epoch's weights under the name ``last``;
+    here it is refreshed after every validation (or training epoch, if that is when checkpoints are
+    saved) and when training ends.
+    """
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._refresh_last(trainer)
 
 
 class FitSummary(L.Callback):

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from langseg.callbacks import FitSummary, PredictionWriter, TestReport
+from langseg.callbacks import FitSummary, PredictionWriter, RunCheckpoint, TestReport
 from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import ConfigError
 from langseg.files import atomic_write
@@ -199,8 +198,8 @@ def one_line_parser_error(message: str, parser: Any) -> str:
 class LangsegCLI(LightningCLI):
     """LightningCLI in subclass mode; ``data.in_channels`` feeds ``model.in_channels``.
 
-    Registered once here, for every config: a ``ModelCheckpoint`` on the best ``val/dice`` plus the last
-    epoch (``--checkpoint.*``), ``FitSummary``, ``TestReport`` (``--test_report.*``) and ``PredictionWriter``
+    Registered once here, for every config: a ``RunCheckpoint`` on the best ``val/dice`` plus the latest
+    weights as ``last.ckpt`` (``--checkpoint.*``), ``FitSummary``, ``TestReport`` (``--test_report.*``) and ``PredictionWriter``
     (``--prediction_writer.*``). Unless a config names a logger, a ``RunLogger`` (CSV) writes to
     ``<trainer.default_root_dir>/version_<n>/``, and checkpoints, the saved config, test results and
     predictions all go there: one ``--trainer.default_root_dir`` moves everything, and runs never overwrite
@@ -218,7 +217,7 @@ class LangsegCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.add_lightning_class_args(FitSummary, "fit_summary")
         parser.add_lightning_class_args(TestReport, "test_report")

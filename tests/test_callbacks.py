@@ -104,3 +104,24 @@ def test_overlay_outlines_prediction_and_ground_truth_and_keeps_small_captions_r
     assert green[18 * 8:28 * 8, 18 * 8:28 * 8].any() and not green[:16 * 8, :16 * 8].any()
     assert yellow[4 * 8:12 * 8, 4 * 8:12 * 8].any() and not yellow[16 * 8:256, 16 * 8:].any()
     assert not np.asarray(overlay_image(base, pred, caption))[..., 1].__eq__(220).any()  # no truth: no green
+
+
+def test_last_checkpoint_holds_the_latest_weights_after_the_best_epoch(tmp_path, generic_folder):
+    """The monitored score is best at epoch 0 and worse after: ``last.ckpt`` must still be epoch 2's."""
+    from langseg.callbacks import RunCheckpoint
+
+    class FallingScore(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.log("val/score", -float(trainer.current_epoch))
+
+    checkpoint = RunCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", mode="max", save_last=True)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[FallingScore(), checkpoint], limit_train_batches=1, limit_val_batches=1,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=4, num_workers=0)
+    model = _model()
+    trainer.fit(model, dm)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    best = torch.load(checkpoint.best_model_path, weights_only=True)
+    assert (best["epoch"], last["epoch"], last["global_step"]) == (0, 2, 3)
+    assert all(torch.equal(last["state_dict"][k], v) for k, v in model.state_dict().items() if k in last["state_dict"])
