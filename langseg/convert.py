@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from langseg.blocks.layers import sine_position_encoding_1d
 from langseg.errors import ConfigError
-from langseg.files import atomic_write
+from langseg.files import atomic_torch_save
 from langseg.weights import hf_convnext_key
 
 METHODS = ("guidedecoder", "himix")
@@ -213,7 +213,7 @@ def convert_checkpoint(method: str, official_path: str | Path, model: nn.Module,
     checkpoint = {"state_dict": state, "langseg_model": type(model).__name__,
                   "pytorch-lightning_version": lightning.__version__,
                   "langseg_converted_from": {"method": method, "file": str(official_path)}}
-    return atomic_write(output, lambda tmp: torch.save(checkpoint, tmp))
+    return atomic_torch_save(checkpoint, output)
 
 
 def convert_command(method: str, official_path: str, config: str, output: str, overrides: Iterable[str] = ()) -> Path:

@@ -33,3 +33,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> Path:
+    """``torch.save`` of ``obj`` through ``atomic_write``, into a Python file object so that a failed write
+    (disk full) keeps its OSError and is reported by path."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    return atomic_write(path, write)

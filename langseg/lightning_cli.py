@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from langseg.callbacks import FitSummary, PredictionWriter, RunCheckpoint, TestReport
 from langseg.data.datamodules import SegmentationDataModule
 from langseg.errors import ConfigError
-from langseg.files import atomic_write
+from langseg.files import atomic_torch_save
 from langseg.inference import read_checkpoint
 from langseg.models.base import LanguageGuidedSegmenter
 
@@ -55,11 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote filesystems: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:  # a Python file: a failed write keeps its OSError (disk full ...)
-                torch.save(checkpoint, fh)
-
-        atomic_write(path, write)
+        atomic_torch_save(checkpoint, path)
 
 
 class RunLogger(CSVLogger):

@@ -25,7 +25,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
         fh.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)  # atomic_torch_save looks torch.save up at call time
     with pytest.raises(OutputError, match=r"last.ckpt: cannot write \(No space left on device\); nothing was written"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
