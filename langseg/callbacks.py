@@ -106,12 +106,12 @@ class FitSummary(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+        run_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
         if trainer.is_global_zero:
             total = sum(p.numel() for p in pl_module.parameters())
             trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
             frozen = f" ({(total - trainable) / 1e6:.2f} M frozen)" if total > trainable else ""
-            log.info("%s: %.2f M parameters%s; run folder %s", type(pl_module).__name__, total / 1e6, frozen,
-                     trainer.log_dir)
+            log.info("%s: %.2f M parameters%s; run folder %s", type(pl_module).__name__, total / 1e6, frozen, run_dir)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
