@@ -19,7 +19,7 @@ from langseg.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
                                   reason='gradio is not installed (the demo extra: pip install -e ".[demo]"; '
-                                         'the test extra installs it)')
+                                         '.ci/run installs it in its own environment)')
 
 
 @pytest.fixture(scope="module")
