@@ -112,13 +112,11 @@ def build_app(model: Any, examples: list[tuple[Path, list[str]]], title: str = "
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="One overlay per text", columns=4, format="png", object_fit="contain",
                                      height="auto")
-        button.click(segment, inputs=[image, texts], outputs=gallery, api_name="segment")  # before the examples
-        texts.submit(segment, inputs=[image, texts], outputs=gallery, api_name=False)  # take the name otherwise
+        triggers = [button.click, texts.submit] + ([app.load] if first_image else [])  # the first example on load
+        gr.on(triggers, segment, inputs=[image, texts], outputs=gallery, api_name="segment")  # named before Examples
         gr.Examples([[str(path), "\n".join(lines)] for path, lines in examples], inputs=[image, texts],
                     outputs=gallery, fn=segment, run_on_click=True, cache_examples=False,
                     label="Synthetic test films (click one to segment it)")
-        if first_image:
-            app.load(segment, inputs=[image, texts], outputs=gallery, api_name=False)
     return app
 
 
