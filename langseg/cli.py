@@ -1,4 +1,5 @@
-"""The ``langseg`` command: Lightning's fit/validate/test/predict, plus list-models, data, compare and convert."""
+"""The ``langseg`` command: Lightning's fit/validate/test/predict, plus list-models, data, compare, convert and
+demo."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ LIGHTNING_COMMANDS = {
     "predict": "write masks and overlays for a split, or for new images: "
                "langseg predict --ckpt_path m.ckpt --image film.png --text '...'",
 }
-TOOLS = ("list-models", "data", "compare", "convert")
+TOOLS = ("list-models", "data", "compare", "convert", "demo")
 
 
 def _one_line(err: BaseException) -> str:
@@ -59,6 +60,14 @@ class ToolsParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _boolean(value: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0) as a bool, for options written ``--share false``."""
+    answers = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if value.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return answers[value.lower()]
+
+
 def tools_parser() -> argparse.ArgumentParser:
     """The parser of ``langseg --help`` and of the tools; fit/validate/test/predict are Lightning's own."""
     parser = ToolsParser(prog="langseg", description="Language-guided medical image segmentation.")
@@ -89,6 +98,14 @@ def tools_parser() -> argparse.ArgumentParser:
     cv.add_argument("--output", required=True, help="the langseg checkpoint to write (for --ckpt_path)")
     cv.add_argument("overrides", nargs="*", help="after --: options of the config's model, e.g. -- "
                     "--model.text_encoder /path/to/BiomedVLP-CXR-BERT-specialized")
+    demo = sub.add_parser("demo", help="a local web page: pick or upload an image, type texts, see the masks "
+                          "(needs the demo extra: pip install -e \".[demo]\")")
+    demo.add_argument("--ckpt_path", help="a checkpoint written by langseg fit (default: the shipped demo model, "
+                      "LSMS trained on the embedded synthetic films)")
+    demo.add_argument("--port", type=int, help="local port (default: 7860, or the next free one)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    demo.add_argument("--share", type=_boolean, default=False, metavar="{true,false}",
+                      help="also serve through a temporary public gradio.live link (default: false)")
     return parser
 
 
@@ -146,6 +163,10 @@ def _run_tool(argv: list[str]) -> None:
 
         counts = convert_lvit(opts.src, opts.dst, copy=opts.copy)
         sys.stdout.write(f"wrote {opts.dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n")
+    elif opts.tool == "demo":
+        from langseg.demo import serve
+
+        serve(opts.ckpt_path, port=opts.port, share=opts.share, host=opts.host)
     elif opts.tool == "convert":
         from langseg.convert import convert_command
 

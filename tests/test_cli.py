@@ -87,7 +87,7 @@ def test_data_error_inside_a_worker_is_one_line(tmp_path, generic_folder):
 
 def test_help_lists_every_command_and_list_models_lists_the_variants(tmp_path):
     help_text = langseg("--help", cwd=tmp_path).stdout
-    for command in ("fit", "validate", "test", "predict", "list-models", "data", "compare"):
+    for command in ("fit", "validate", "test", "predict", "list-models", "data", "compare", "convert", "demo"):
         assert f"    {command}" in help_text
     names = langseg("list-models", cwd=tmp_path).stdout.split()
     assert {"unet", "unet_small", "lsms", "lsms_small", "himix_small"} <= set(names)

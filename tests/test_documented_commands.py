@@ -54,6 +54,8 @@ def test_documented_command_parses(source, command, monkeypatch, capsys):
         opts = tools_parser().parse_args(argv)
         for config in getattr(opts, "configs", None) or []:
             assert (REPO / config).is_file(), config
+        if argv[0] == "demo":  # served end to end in tests/test_demo.py
+            assert opts.ckpt_path is None or opts.ckpt_path.endswith(".ckpt")
         if argv[0] == "list-models":
             main(argv)
             assert "unet" in capsys.readouterr().out.split()

@@ -7,7 +7,7 @@ from PIL import Image
 
 from langseg.data import (ImageTextMaskDataModule, ImageTextMaskDataset, SyntheticReferringDataModule,
                           SyntheticReferringDataset, derangement)
-from langseg.data.synthetic import make_referring_sample
+from langseg.data.synthetic import make_referring_sample, referring_variants
 from langseg.errors import DataError
 
 
@@ -42,6 +42,18 @@ def test_synthetic_single_lesion_texts_leave_other_lesions_out_of_the_mask():
             single += 1
             partial += int((s.image > 0.62).sum() > s.mask.sum() + 8)
     assert single > 20 and partial == single
+
+
+def test_referring_variants_are_every_text_of_the_sampled_film():
+    for index in range(30):
+        sample = make_referring_sample(64, np.random.default_rng([0, 2, index]))
+        variants = referring_variants(64, np.random.default_rng([0, 2, index]))
+        assert all(np.array_equal(v.image, sample.image) for v in variants)
+        assert any(v.text == sample.text and np.array_equal(v.mask, sample.mask) for v in variants)
+        lesions = sum(v.text.startswith("One infected area") for v in variants)
+        assert len(variants) == lesions + len({v.text for v in variants if v.text.startswith("Unilateral")}) + 3
+        everything = next(v.mask for v in variants if v.text.startswith("All lesions"))
+        assert all((v.mask <= everything).all() and v.mask.any() for v in variants)
 
 
 def test_derangement_has_no_fixed_point():
