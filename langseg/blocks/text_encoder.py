@@ -179,6 +179,8 @@ class TextEncoder(nn.Module):
         path = resolve_text_encoder_path(name_or_path)
         self.name_or_path = name_or_path
         self.model, self.tokenizer = _load(path, random_init=name_or_path == "tiny")
+        self.model.train()  # from_pretrained returns eval mode; the module's mode is its parent's to set (a frozen
+        # encoder still encodes in eval mode, see _encode), so Lightning's check at fit start sees no stray eval
         self.hidden_size: int = self.model.config.hidden_size
         self.num_layers: int = self.model.config.num_hidden_layers
         limit = getattr(self.model.config, "max_position_embeddings", max_length)

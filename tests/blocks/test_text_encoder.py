@@ -155,3 +155,12 @@ def test_folder_without_model_type_or_tokenizer_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "model_type": "bert"}))
     with pytest.raises(ConfigError, match=r"has no tokenizer files \(one of tokenizer.json, vocab.txt"):
         TextEncoder(str(tmp_path))  # transformers blamed a missing sentencepiece
+
+
+def test_a_loaded_encoder_follows_its_parents_mode_and_a_frozen_one_encodes_without_dropout():
+    from langseg.blocks.text_encoder import TextEncoder
+
+    enc = TextEncoder("tiny", cache=False)
+    assert all(m.training for m in enc.modules())  # no stray eval-mode modules for Lightning's fit-start check
+    first, second = enc(["left lung"]).tokens, enc(["left lung"]).tokens
+    assert torch.equal(first, second) and all(m.training for m in enc.modules())
