@@ -274,9 +274,12 @@ def main(args: list[str] | None = None) -> None:
             from langseg.lightning_cli import build_cli
 
             prepared = prepare_lightning_args(argv)
-            if args is None:  # Lightning warns when given both args and a command line: hand it sys.argv
-                sys.argv[1:] = prepared
-            build_cli(None if args is None else prepared)
+            saved = list(sys.argv)
+            sys.argv[1:] = prepared  # Lightning reads sys.argv (and warns when given args beside another one)
+            try:
+                build_cli(None)
+            finally:
+                sys.argv[:] = saved
     except BrokenPipeError:  # e.g. `langseg list-models | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
