@@ -62,7 +62,7 @@ def test_the_shipped_model_segments_what_each_text_names(demo_model, example):
 
 @needs_gradio
 @pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated")  # inside gradio's queue, pandas 3
-@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated and will be removed")
+@pytest.mark.filterwarnings("ignore:The copy keyword is deprecated and will be removed")  # raised inside gradio's payload processing, not langseg's code
 def test_the_page_answers_through_its_http_api(demo_model, example):
     from gradio_client import Client, handle_file
 
