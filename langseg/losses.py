@@ -127,19 +127,10 @@ def weighted_reconstruction_loss(pred: Tensor, target: Tensor, weight: Tensor) -
     """
     err = (pred.float() - target.float()).pow(2).mean(-1)  # (B, N)
     return (weight.float() * err).sum(1).mean()
-def roi_l1_loss(pseudo_image: Tensor, image: Tensor, target: Tensor, balanced: bool = False) -> Tensor:
+def roi_l1_loss(pseudo_image: Tensor, image: Tensor, target: Tensor) -> Tensor:
     """Mean L1 distance between a generated image and the image inside the target ROI, ``|P - I * M|``.
 
     Early fusion (arXiv 2510.12482) uses it, weighted by 0.1, to make the text's pseudo-image paint the
     region the text refers to; ``target`` ``(B, 1, H, W)`` broadcasts over the image's channels.
-    ``balanced`` averages the distance inside and outside the ROI separately, per image, and adds the two
-    halves: a small ROI then weighs as much as the background, instead of a few percent of the pixels.
     """
-    distance = (pseudo_image.float() - image.float() * target.float()).abs()
-    if not balanced:
-        return distance.mean()
-    inside = target.float().expand_as(distance)
-    dims = tuple(range(1, distance.ndim))
-    mean_in = (distance * inside).sum(dims) / inside.sum(dims).clamp_min(1.0)
-    mean_out = (distance * (1 - inside)).sum(dims) / (1 - inside).sum(dims).clamp_min(1.0)
-    return (mean_in + mean_out).mean()
+    return F.l1_loss(pseudo_image.float(), image.float() * target.float())

@@ -68,7 +68,6 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         encoder_depth: int | None = None,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         roi_weight: float = 0.1,
-        roi_balanced: bool = False,
         bce_weight: float = 0.0,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
@@ -100,8 +99,7 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         """Dice (+ BCE) on the logits + ``roi_weight`` * L1(pseudo-image, image * mask)."""
         losses = super().compute_loss(outputs, mask, text)
         if "pseudo_image" in outputs:
-            losses["roi_l1"] = roi_l1_loss(outputs["pseudo_image"], outputs["image"], mask,
-                                           balanced=self.hparams.roi_balanced)
+            losses["roi_l1"] = roi_l1_loss(outputs["pseudo_image"], outputs["image"], mask)
             losses["loss"] = losses["loss"] + self.hparams.roi_weight * losses["roi_l1"]
         return losses
 
