@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -24,9 +24,10 @@ class EarlyFusionNet(nn.Module):
     so that it can be augmented together with the image and mask).
     """
 
-    def __init__(self, in_channels: int = 1, text_dim: int = 384, **smp_args: Any) -> None:
+    def __init__(self, in_channels: int = 1, text_dim: int = 384, generator_init: Literal["torch", "fan_in"] = "torch",
+                 **smp_args: Any) -> None:
         super().__init__()
-        self.generator = TextToPseudoImage(text_dim, in_channels) if text_dim else None
+        self.generator = TextToPseudoImage(text_dim, in_channels, init=generator_init) if text_dim else None
         self.smp = SMPNet(in_channels * (2 if text_dim else 1), **smp_args)
 
     @property
@@ -68,12 +69,13 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         encoder_depth: int | None = None,
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         roi_weight: float = 0.1,
+        generator_init: Literal["torch", "fan_in"] = "torch",
         bce_weight: float = 0.0,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
     ) -> None:
         super().__init__(bce_weight=bce_weight, optimizer=optimizer, **kwargs)
-        self.net = EarlyFusionNet(self.in_channels, self.text_dim, arch=arch, encoder_name=encoder_name,
+        self.net = EarlyFusionNet(self.in_channels, self.text_dim, generator_init, arch=arch, encoder_name=encoder_name,
                                   encoder_weights=encoder_weights, encoder_depth=encoder_depth,
                                   decoder_channels=tuple(decoder_channels))
         self.net_inputs = ("pseudo_image",) if self.net.generator is not None else ()
