@@ -58,7 +58,9 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
     The text is not rewritten on a horizontal flip, on purpose: the text's left/right (the patient's,
     radiological convention) has already become a place in the un-flipped pseudo-image, which is flipped
     with the image and mask, so it still marks the flipped lesion. Default recipe: AdamW at 3e-4 with
-    cosine annealing over 100 epochs.
+    cosine annealing over 100 epochs. ``generator_init``: the generator's initialisation (``TextToPseudoImage``);
+    ``"torch"`` (default) is PyTorch's, ``"fan_in"`` (the quick config) lets the text move the pseudo-image from
+    the first step.
     """
 
     def __init__(
@@ -107,5 +109,6 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
 
 
 register_variant("early_fusion_small", EarlyFusionSegmenter, "Early fusion on a narrow-decoder U-Net (ResNet-18), "
-                 "Dice + BCE, AdamW at 1e-3, no schedule: configs/early_fusion_unet.yaml.",
-                 decoder_channels=(128, 64, 32, 16, 8), bce_weight=1.0, optimizer=adamw(1e-3), lr_scheduler=None)
+                 "fan-in generator init, Dice + BCE, AdamW at 1e-3, no schedule: configs/early_fusion_unet.yaml.",
+                 decoder_channels=(128, 64, 32, 16, 8), generator_init="fan_in", bce_weight=1.0,
+                 optimizer=adamw(1e-3), lr_scheduler=None)
