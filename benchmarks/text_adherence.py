@@ -1,7 +1,7 @@
 """Text adherence of every text-guided method: quick config x seeds, Dice with own vs swapped text (issue #17).
 
-    PYTHONPATH=. python benchmarks/text_adherence.py                         # all methods + U-Net, seeds 0 1 2
-    PYTHONPATH=. python benchmarks/text_adherence.py --methods reclmis unet --seeds 0 1 2 --jobs 2
+    python benchmarks/text_adherence.py                         # all methods + U-Net, seeds 0 1 2
+    python benchmarks/text_adherence.py --methods reclmis unet --seeds 0 1 2 --jobs 2
 
 Each (method, seed) is the shipped quick config trained and tested through the CLI, exactly as a user runs it:
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import os
 import statistics
 import subprocess
@@ -26,9 +27,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import machine
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/text_adherence.py` from any folder
+from benchmarks.common import machine  # noqa: E402
 OUT = ROOT / "docs" / "benchmarks" / "text_adherence.md"
 RUNS = ROOT / "runs" / "text_adherence"
 CONFIGS = {  # method -> quick config; "unet" is the image-only baseline
@@ -54,9 +55,9 @@ def _langseg(*args: str, log: Path) -> None:
 def run_one(method: str, seed: int) -> dict[str, float]:
     """Fit and test ``method``'s quick config with ``seed`` in a fresh run folder; the test summary's numbers."""
     root = RUNS / method / f"seed{seed}"
-    if root.exists():
-        subprocess.run(["rm", "-rf", str(root)], check=True)
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
+    commit = _commit()  # the code the fit starts from
     common = ["--config", CONFIGS[method], "--seed_everything", str(seed), "--trainer.default_root_dir", str(root),
               "--trainer.enable_progress_bar", "false"]
     log = root / "log.txt"
@@ -64,7 +65,7 @@ def run_one(method: str, seed: int) -> dict[str, float]:
     _langseg("test", *common, "--ckpt_path", str(root / "version_0" / "checkpoints" / "last.ckpt"), log=log)
     summary = json.loads((root / "version_1" / "results" / "test_summary.json").read_text())
     return {"dice": summary["dice"], "dice_swapped_text": summary.get("dice_swapped_text", summary["dice"]),
-            "commit": _commit()}
+            "commit": commit}
 
 
 def _commit() -> str:
@@ -84,7 +85,8 @@ def report(results: dict[str, dict[str, dict[str, float]]], seeds: list[int], co
     unet = results.get("unet", {})
     methods = [m for m in CONFIGS if m != "unet"]
     lines = ["# Text adherence of the quick configs (issue #17)", "",
-             f"Machine: {machine()}; date: {datetime.date.today().isoformat()}.", "",
+             f"Machine: {machine()}, shared with other jobs; every run with OMP_NUM_THREADS=1; "
+             f"date: {datetime.date.today().isoformat()}.", "",
              "Produced by (results accumulate over invocations, in `runs/text_adherence/results.json`):", "",
              "```bash", *commands, "```", "",
              "Each row: the method's quick config (`configs/<method>.yaml`, embedded synthetic data), trained with "
@@ -147,7 +149,11 @@ def main() -> None:
 
     def work(pair: tuple[str, int]) -> None:
         method, seed = pair
-        result = run_one(method, seed)
+        try:
+            result = run_one(method, seed)
+        except subprocess.CalledProcessError:
+            print(f"{method} seed {seed} failed: see {RUNS / method / f'seed{seed}' / 'log.txt'}", file=sys.stderr)
+            return
         with lock:  # another invocation may have added results meanwhile: merge into the file's contents
             merged = json.loads(store.read_text()) if store.exists() else {}
             merged.setdefault(method, {})[str(seed)] = result
@@ -159,7 +165,7 @@ def main() -> None:
         list(pool.map(work, todo))
     results = json.loads(store.read_text()) if store.exists() else {}
     commands = results.pop("_commands", [])
-    command = "PYTHONPATH=. python benchmarks/text_adherence.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/text_adherence.py " + " ".join(sys.argv[1:])
     if todo and command not in commands:
         commands.append(command)
     store.write_text(json.dumps({**results, "_commands": commands}, indent=1))
