@@ -99,7 +99,8 @@ def report(results: dict[str, dict[str, dict[str, float]]], seeds: list[int], co
     missing = []
     for method in [*methods, "unet"]:
         done = {int(s): r for s, r in results.get(method, {}).items()}
-        missing += [f"{method} seed {s}" for s in seeds if s not in done]
+        absent = "" if (ROOT / CONFIGS[method]).is_file() else f" (no {CONFIGS[method]} yet)"
+        missing += [f"{method} seed {s}{absent}" for s in seeds if s not in done]
         if not done:
             continue
         dice = [r["dice"] for r in done.values()]
