@@ -82,5 +82,6 @@ class HiMix(LanguageGuidedSegmenter):
         return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200, eta_min=1e-6)
 
 
-register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: configs/himix.yaml.",
-                 encoder_name="convnext_atto", optimizer=adamw(1e-3), lr_scheduler=None)
+register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto with text_norm, AdamW at 1e-3, no schedule: "
+                 "configs/himix.yaml.", encoder_name="convnext_atto", text_norm=True, optimizer=adamw(1e-3),
+                 lr_scheduler=None)
