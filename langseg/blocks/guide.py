@@ -18,16 +18,20 @@ class TextTokenProjection(nn.Module):
     """Text to the guide layer's tokens: a 1x1 Conv1d over ``in_tokens`` -> ``out_tokens``, GELU, Linear, LeakyReLU.
 
     Padding words are zeroed first, so their content never reaches the projected tokens; with ``mask_padding=False``
-    they enter the Conv1d as they come, as in the official code.
+    they enter the Conv1d as they come, as in the official code. ``norm`` (not in the paper) ends with a LayerNorm, so
+    the projected words have unit scale whatever the text encoder's: without it, a 384-d MiniLM's words come out at
+    about 0.1, several times smaller than the sine position code the guide layer adds to them as keys, and the
+    cross-attention then picks words by position more than by content.
     """
 
-    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int, mask_padding: bool = True
-                 ) -> None:
+    def __init__(self, text_dim: int, channels: int, in_tokens: int, out_tokens: int, mask_padding: bool = True,
+                 norm: bool = False) -> None:
         super().__init__()
         self.in_tokens = in_tokens
         self.mask_padding = mask_padding
         self.tokens = nn.Sequential(nn.Conv1d(in_tokens, out_tokens, 1), nn.GELU())
-        self.channels = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
+        self.channels = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU(),
+                                      *([nn.LayerNorm(channels)] if norm else []))
 
     def forward(self, text: Tensor, mask: Tensor) -> Tensor:
         if text.shape[1] != self.in_tokens:
@@ -79,17 +83,20 @@ class GuideLayer(nn.Module):
     """Guide layer: visual self-attention, then cross-attention to the projected text with a learnable residual scale.
 
     ``text_tokens`` (in, out) sets the Conv1d token projection (fixed token count); with None, the
-    words are only projected in width and the cross-attention masks padded words.
+    words are only projected in width and the cross-attention masks padded words. ``text_norm``: a LayerNorm
+    after the text projection (``TextTokenProjection``).
     """
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int] | None, self_heads: int = 1,
-                 cross_heads: int = 4, mask_padding: bool = True) -> None:
+                 cross_heads: int = 4, mask_padding: bool = True, text_norm: bool = False) -> None:
         super().__init__()
         self.text_proj: nn.Module
         if text_tokens is None:
-            self.text_proj = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU())
+            self.text_proj = nn.Sequential(nn.Linear(text_dim, channels), nn.LeakyReLU(),
+                                           *([nn.LayerNorm(channels)] if text_norm else []))
         else:
-            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
+            self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding,
+                                                 norm=text_norm)
         self.self_attn = PositionalSelfAttention(channels, self_heads)
         self.cross_attn = PositionalCrossAttention(channels, cross_heads)
         self.scale = nn.Parameter(torch.tensor(GUIDE_SCALE_INIT))

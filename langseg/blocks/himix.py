@@ -75,13 +75,16 @@ class HiMixLayer(nn.Module):
 
     ``ffn="prenorm"``: LayerNorm, Linear C -> C/2, ReLU, Dropout, Linear C/2 -> C, Dropout (pre-norm like the two
     attentions); ``ffn="official"``: the official code's Linear, ReLU, Dropout, Linear (its ``norm`` is never called).
+    ``text_norm``: a LayerNorm after the text projection (``TextTokenProjection``; not in the paper).
     """
 
     def __init__(self, channels: int, text_dim: int, text_tokens: tuple[int, int], heads: int = 8,
                  sigma: float = 5.0, centred_fft: bool = True, dropout: float = 0.1,
-                 ffn: Literal["prenorm", "official"] = "prenorm", mask_padding: bool = True) -> None:
+                 ffn: Literal["prenorm", "official"] = "prenorm", mask_padding: bool = True,
+                 text_norm: bool = False) -> None:
         super().__init__()
-        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding)
+        self.text_proj = TextTokenProjection(text_dim, channels, *text_tokens, mask_padding=mask_padding,
+                                             norm=text_norm)
         self.refine = FrequencyRefinement(sigma, centred_fft)
         self.cross_attn = PositionalCrossAttention(channels, heads)
         self.self_attn = PositionalSelfAttention(channels, heads)

@@ -74,9 +74,9 @@ class GuideDecoderNet(nn.Module):
         return self.encoder.feature_info.reduction()[-1]
 
     def build_guide(self, channels: int, text_tokens: tuple[int, int], self_heads: int = 1,
-                    cross_heads: int = 4, mask_text_padding: bool = True) -> nn.Module:
+                    cross_heads: int = 4, mask_text_padding: bool = True, text_norm: bool = False) -> nn.Module:
         """The guide layer of one decoder stage."""
-        return GuideLayer(channels, self.text_dim, text_tokens, self_heads, cross_heads, mask_text_padding)
+        return GuideLayer(channels, self.text_dim, text_tokens, self_heads, cross_heads, mask_text_padding, text_norm)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         """The text features each decoder stage reads, coarsest first: the last hidden state for all."""
@@ -103,8 +103,11 @@ class GuideDecoder(LanguageGuidedSegmenter):
     annealing (200 epochs, to 1e-6). Text is padded to ``max_text_length`` tokens.
 
     ``mask_text_padding=False`` feeds the padded words' features to the token projection, as the official code
-    does (True zeroes them). Image-encoder weights: ``encoder_checkpoint`` (a timm checkpoint file) or ``encoder_weights`` (a Hugging
-    Face ConvNeXt folder such as ``facebook/convnext-tiny-224``, or its ``model.safetensors``/``pytorch_model.bin``).
+    does (True zeroes them). ``text_norm`` (not in the paper; on in the quick config) ends every guide layer's text
+    projection with a LayerNorm, so that the words' content, not the position code added to them, steers the
+    cross-attention (``TextTokenProjection``). Image-encoder weights: ``encoder_checkpoint`` (a timm checkpoint
+    file) or ``encoder_weights`` (a Hugging Face ConvNeXt folder such as ``facebook/convnext-tiny-224``, or its
+    ``model.safetensors``/``pytorch_model.bin``).
     """
 
     paper = "Zhong et al., Ariadne's Thread: Using Text Prompts to Improve Segmentation of Infected Areas from Chest X-ray Images (MICCAI 2023)"
@@ -116,13 +119,13 @@ class GuideDecoder(LanguageGuidedSegmenter):
                  encoder_weights: str | None = None,
                  text_tokens: tuple[int, int, int] = (24, 12, 9), self_heads: int = 1, cross_heads: int = 4,
                  head_channels: int = 24, subpixel: Literal["langseg", "monai"] = "langseg",
-                 mask_text_padding: bool = True, max_text_length: int = 24,
+                 mask_text_padding: bool = True, max_text_length: int = 24, text_norm: bool = False,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         self.net = GuideDecoderNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, max_text_length,
                                    text_tokens, head_channels, encoder_weights, subpixel, self_heads=self_heads,
-                                   cross_heads=cross_heads, mask_text_padding=mask_text_padding)
+                                   cross_heads=cross_heads, mask_text_padding=mask_text_padding, text_norm=text_norm)
         self.text_encoder.zero_padding = mask_text_padding  # False: the padded words' features, as encoded
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
@@ -130,5 +133,6 @@ class GuideDecoder(LanguageGuidedSegmenter):
         return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200, eta_min=1e-6)
 
 
-register_variant("guidedecoder_small", GuideDecoder, "GuideDecoder on ConvNeXt-Atto, AdamW at 1e-3, no schedule: "
-                 "configs/guidedecoder.yaml.", encoder_name="convnext_atto", optimizer=adamw(1e-3), lr_scheduler=None)
+register_variant("guidedecoder_small", GuideDecoder, "GuideDecoder on ConvNeXt-Atto with text_norm, AdamW at 1e-3, "
+                 "no schedule: configs/guidedecoder.yaml.", encoder_name="convnext_atto", text_norm=True,
+                 optimizer=adamw(1e-3), lr_scheduler=None)

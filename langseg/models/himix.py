@@ -28,17 +28,17 @@ class HiMixNet(GuideDecoderNet):
                  text_tokens: tuple[int, int, int] = (24, 12, 9), head_channels: int = 24, heads: int = 8,
                  sigma: float = 5.0, centred_fft: bool = True, encoder_weights: str | None = None,
                  ffn: Literal["prenorm", "official"] = "prenorm", subpixel: Literal["langseg", "monai"] = "langseg",
-                 mask_text_padding: bool = True) -> None:
+                 mask_text_padding: bool = True, text_norm: bool = False) -> None:
         super().__init__(in_channels, text_dim, encoder_name, encoder_checkpoint, max_text_length, text_tokens,
                          head_channels, encoder_weights, subpixel, heads=heads, sigma=sigma, centred_fft=centred_fft,
-                         ffn=ffn, mask_text_padding=mask_text_padding)
+                         ffn=ffn, mask_text_padding=mask_text_padding, text_norm=text_norm)
         self.mixer = LayerGroupMixer(text_layers, groups=len(self.guides))
 
     def build_guide(self, channels: int, text_tokens: tuple[int, int], heads: int = 8, sigma: float = 5.0,
                     centred_fft: bool = True, ffn: Literal["prenorm", "official"] = "prenorm",
-                    mask_text_padding: bool = True) -> nn.Module:
+                    mask_text_padding: bool = True, text_norm: bool = False) -> nn.Module:
         return HiMixLayer(channels, self.text_dim, text_tokens, heads=heads, sigma=sigma, centred_fft=centred_fft,
-                          ffn=ffn, mask_padding=mask_text_padding)
+                          ffn=ffn, mask_padding=mask_text_padding, text_norm=text_norm)
 
     def stage_texts(self, text: TextFeatures) -> list[Tensor]:
         if text.hidden_states is None:
@@ -53,7 +53,8 @@ class HiMix(LanguageGuidedSegmenter):
     ``text_layers`` None reads every transformer layer ``1..N`` of the text encoder (N a multiple of 3).
     Image-encoder weights as GuideDecoder's (``encoder_checkpoint``: timm file; ``encoder_weights``: Hugging Face).
     ``centred_fft``, ``ffn``, ``subpixel`` and ``mask_text_padding`` choose between langseg's choices and the
-    official code's (``HiMixLayer``, ``SubpixelHead``, ``GuideDecoder``).
+    official code's (``HiMixLayer``, ``SubpixelHead``, ``GuideDecoder``); ``text_norm`` (not in the paper) is
+    GuideDecoder's LayerNorm after the text projection.
     """
 
     paper = 'Sim et al., HiMix: Hierarchical Visual-Textual Mixing Network for Lesion Segmentation (WACV 2026)'
@@ -68,14 +69,14 @@ class HiMix(LanguageGuidedSegmenter):
                  heads: int = 8, sigma: float = 5.0, centred_fft: bool = True,
                  ffn: Literal["prenorm", "official"] = "prenorm", head_channels: int = 24,
                  subpixel: Literal["langseg", "monai"] = "langseg", mask_text_padding: bool = True,
-                 max_text_length: int = 24,
+                 max_text_length: int = 24, text_norm: bool = False,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         layers = range(1, self.text_encoder.num_layers + 1) if text_layers is None else text_layers
         self.net = HiMixNet(self.in_channels, self.text_dim, tuple(layers), encoder_name, encoder_checkpoint,
                             max_text_length, text_tokens, head_channels, heads, sigma, centred_fft, encoder_weights,
-                            ffn, subpixel, mask_text_padding)
+                            ffn, subpixel, mask_text_padding, text_norm)
         self.text_encoder.zero_padding = mask_text_padding  # False: the padded words' features, as encoded
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
@@ -83,5 +84,6 @@ class HiMix(LanguageGuidedSegmenter):
         return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200, eta_min=1e-6)
 
 
-register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto, AdamW at 1e-3, no schedule: configs/himix.yaml.",
-                 encoder_name="convnext_atto", optimizer=adamw(1e-3), lr_scheduler=None)
+register_variant("himix_small", HiMix, "HiMix on ConvNeXt-Atto with text_norm, AdamW at 1e-3, no schedule: "
+                 "configs/himix.yaml.", encoder_name="convnext_atto", text_norm=True, optimizer=adamw(1e-3),
+                 lr_scheduler=None)

@@ -102,3 +102,17 @@ def test_unmasked_projection_reads_the_padded_words_as_the_official_code():
     assert torch.allclose(masked(text, mask), masked(changed, mask))
     assert torch.allclose(unmasked(text, mask)[1], unmasked(changed, mask)[1])
     assert not torch.allclose(unmasked(text, mask)[0], unmasked(changed, mask)[0])
+
+
+@pytest.mark.parametrize("tokens", [(8, 5), None])
+def test_text_norm_brings_the_words_to_the_scale_of_the_position_code(tokens):
+    """Words of a sentence encoder's scale (about 0.5) come out of the plain projection several times smaller than the
+    sine code added to them as keys; with ``text_norm`` their content outweighs it."""
+    from langseg.blocks.layers import sine_position_encoding_1d
+
+    torch.manual_seed(0)
+    text, mask = _text(t=8, c=64, lengths=(8, 8))
+    position = sine_position_encoding_1d(8, 32, text.device, text.dtype).std()
+    plain, normed = GuideLayer(32, 64, tokens), GuideLayer(32, 64, tokens, text_norm=True)
+    assert plain.project_text(0.5 * text, mask)[0].std() < 0.5 * position
+    assert normed.project_text(0.5 * text, mask)[0].std() > position
