@@ -83,7 +83,7 @@ def predict_images(model: Any, images: Sequence[str | Path], texts: Sequence[str
     """Segments each image with its text (one text for all, or one per image) and writes
     ``<output>/masks/<id>.png`` (0/255, the image's size) and ``<output>/overlays/<id>.png``; returns the masks."""
     from langseg.callbacks import overlay_image
-    from langseg.data.datasets import assign_ids
+    from langseg.data.datasets import assign_ids, image_array
 
     files = image_files(images)
     if len(texts) not in (1, len(files)):
@@ -92,11 +92,12 @@ def predict_images(model: Any, images: Sequence[str | Path], texts: Sequence[str
     assign_ids(rows)
     written = []
     for row in rows:
-        mask = model.segment_image(row["image"], row["text"] or None)
+        pixels = image_array(row["image"])  # decoded once (a bad file: a DataError naming it), segmented and drawn
+        mask = model.segment_image(pixels, row["text"] or None)
+        base = Image.fromarray(pixels).convert("RGB") if overlay else None
         written.append(atomic_write(Path(output) / "masks" / f"{row['id']}.png",
                                     lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")))
-        if overlay:
-            with Image.open(row["image"]) as img:
-                picture = overlay_image(img.convert("RGB"), mask, row["text"] or row["image"].name)
+        if base is not None:
+            picture = overlay_image(base, mask, row["text"] or row["image"].name)
             atomic_write(Path(output) / "overlays" / f"{row['id']}.png", lambda tmp: picture.save(tmp, format="PNG"))
     return written

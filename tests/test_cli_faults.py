@@ -316,13 +316,15 @@ def test_predict_new_images_from_the_command_line_and_python(trained, tmp_path, 
 
 @pytest.mark.parametrize("args, expected", [
     (["--image", "nothere.png"], "nothere.png: image file not found"),
-    (["--image", ".", "--text", "a", "b", "c"], "3 texts for 1 images; give one text for all or one per image"),
+    (["--image", ".", "--text", "a", "b", "c"], "3 texts for 2 images; give one text for all or one per image"),
     (["--image", "film.png"], "the following arguments are required: --ckpt_path"),
+    (["--image", "bad.png", "--text", "a"], "bad.png: cannot read the image"),
 ])
 def test_predict_new_images_bad_input_is_one_line(trained, tmp_path, capsys, args, expected):
     from PIL import Image
 
     Image.new("L", (20, 20)).save(tmp_path / "film.png")
+    (tmp_path / "bad.png").write_text("not an image")
     ckpt = [] if "--ckpt_path" in expected else ["--ckpt_path", str(trained / "unet.ckpt")]
     line = the_error(*run_main("predict", *ckpt, *args, "--output", "new", cwd=tmp_path, capsys=capsys)[::2])
     assert expected in line and not (tmp_path / "new").exists()
