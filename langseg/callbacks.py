@@ -33,6 +33,26 @@ def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str)
     return Path(output_dir) if output_dir is not None else Path(trainer.log_dir) / name
 
 
+def with_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """``row`` followed by a dataset's extra columns; one named like a field of ``row`` becomes ``csv_<name>``."""
+    return {**row, **{(f"csv_{name}" if name in row else name): value for name, value in columns.items()}}
+
+
+def gather_rows(trainer: L.Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's ``rows``, once per ``(id, text)`` (the distributed sampler pads with repeats); ``rows``
+    itself in a single process."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return rows
+    gathered: list[list[dict[str, Any]]] = [[] for _ in range(trainer.world_size)]
+    torch.distributed.all_gather_object(gathered, rows)
+    return list({(r["id"], r["text"]): r for part in gathered for r in part}.values())
+
+
+def _batch_columns(batch: Any, key: str, i: int) -> dict[str, str]:
+    """Sample ``i``'s cells of the collated ``batch[key]`` (``{column: [cell per sample]}``)."""
+    return {name: cells[i] for name, cells in batch.get(key, {}).items()} if isinstance(batch, dict) else {}
+
+
 def plot_training_curves(runs: dict[str, Path], output: Path) -> Path | None:
     """``output`` (PNG): training loss per step and validation loss and Dice per epoch of one or several runs
     (``{label: metrics.csv of a CSV logger}``, one line per run); None when the files hold no such values."""
@@ -179,7 +199,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
     ``overlays/<id>.png`` (original image, prediction in red with a yellow contour, the ground-truth
     contour in green when the split has masks, the text as caption) under ``output_dir``
-    (default: the run's ``predictions/`` folder, beside its checkpoints).
+    (default: the run's ``predictions/`` folder, beside its checkpoints), and ``predictions.csv``: one
+    row per sample (id, text, the data's extra columns such as ``category``, mask file, foreground pixels).
 
     Each file is written to a temporary name and renamed, so a crash leaves no half-written file and a
     second run overwrites the first cleanly.
@@ -190,13 +211,19 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir_arg = output_dir
         self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
         self.overlay = overlay
+        self.rows: list[dict[str, Any]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.output_dir = run_output_dir(trainer, self.output_dir_arg, "predictions")
 
-    @rank_zero_only
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        log.info("predictions written to %s", self.output_dir)
+        rows = gather_rows(trainer, self.rows)
+        if trainer.is_global_zero:
+            write_csv(self.output_dir / "predictions.csv", rows)
+            log.info("predictions written to %s", self.output_dir)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -207,6 +234,8 @@ class PredictionWriter(BasePredictionWriter):
             mask = (prob[0, 0] > threshold).cpu().numpy()
             atomic_write(self.output_dir / "masks" / f"{sample_id}.png",
                          lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+            self.rows.append(with_columns({"id": sample_id, "text": prediction["text"][i], "mask": f"masks/{sample_id}.png",
+                                           "foreground_pixels": int(mask.sum())}, _batch_columns(batch, "columns", i)))
             if not self.overlay:
                 continue
             path = batch.get("image_path", [""] * len(prediction["id"]))[i]
@@ -223,14 +252,37 @@ class PredictionWriter(BasePredictionWriter):
             atomic_write(self.output_dir / "overlays" / f"{sample_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
 
 
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a CSV with a header (the first row's keys; just ``id`` when there are none), atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def dice_by_category(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{column: {value: {"dice": mean per-image Dice, "images": count}}}`` over rows holding ``categories``
+    (``{column: value}``), values sorted."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for column, value in row["categories"].items():
+            groups.setdefault(column, {}).setdefault(value, []).append(row["dice"])
+    return {column: {value: {"dice": sum(d) / len(d), "images": len(d)} for value, d in sorted(values.items())}
+            for column, values in groups.items()}
+
+
 class TestReport(L.Callback):
     """Saves ``<output_dir>/test_summary.json`` and ``test_per_image.csv`` after ``langseg test``
     (default ``output_dir``: the run's ``results/`` folder).
 
-    Per image: Dice, IoU, Dice with the swapped text, HD95 (pixels, MONAI definition; NaN when exactly
-    one of prediction and mask is empty) and the TP/FP/FN counts. The summary holds the per-image means,
-    the pooled Dice/mIoU (from the summed counts), the mean HD95 over images where it is defined, and
-    the swapped-text Dice: the same definitions as the logged ``test/*`` metrics (docs/metrics.md).
+    Per image: the data's extra columns (e.g. ``category``, ``text_short``), Dice, IoU, Dice with the swapped
+    text, with the neutral text and with each alternative-text column (``dice@<column>``), HD95 (pixels,
+    MONAI definition; NaN when exactly one of prediction and mask is empty) and the TP/FP/FN counts. The
+    summary holds the per-image means, the pooled Dice/mIoU (from the summed counts), the mean HD95 over
+    images where it is defined, the protocols' Dice and, for each category column, the Dice and number of
+    images per value (``dice_by_category``, also logged as ``test/dice_by_category/<column>=<value>``): the same
+    definitions as the logged ``test/*`` metrics (docs/metrics.md).
     """
 
     __test__ = False  # not a pytest class
@@ -251,44 +303,55 @@ class TestReport(L.Callback):
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         threshold = float(pl_module.hparams.get("threshold", 0.5))
         target = batch["mask"] > 0.5
+
+        def per_image_dice(logits: Tensor) -> Tensor:
+            return dice_iou(*confusion_counts(torch.sigmoid(logits.float()) > threshold, target))[0]
+
         pred = torch.sigmoid(outputs["logits"].float()) > threshold
-        swapped = torch.sigmoid(outputs["swapped_logits"].float()) > threshold
         tp, fp, fn = confusion_counts(pred, target)
         dice, iou = dice_iou(tp, fp, fn)
-        swapped_dice, _ = dice_iou(*confusion_counts(swapped, target))
+        protocols = {"dice_swapped_text": per_image_dice(outputs["swapped_logits"]),
+                     "dice_no_text": per_image_dice(outputs["no_text_logits"]),
+                     **{f"dice@{name}": per_image_dice(logits) for name, logits in outputs["alt_logits"].items()}}
         pred_np, target_np = pred.cpu().numpy(), target.cpu().numpy()
         for i, sample_id in enumerate(batch["id"]):
+            row = {"id": sample_id, "text": batch["text"][i], "swap_text": batch.get("swap_text", [""] * len(pred))[i]}
+            row = with_columns(row, _batch_columns(batch, "columns", i))
             self.rows.append({
-                "id": sample_id, "text": batch["text"][i], "swap_text": batch.get("swap_text", [""] * len(pred))[i],
-                "dice": float(dice[i]), "iou": float(iou[i]), "dice_swapped_text": float(swapped_dice[i]),
+                **row, "dice": float(dice[i]), "iou": float(iou[i]),
+                **{key: float(values[i]) for key, values in protocols.items()},
                 "hd95": hd95(pred_np[i, 0], target_np[i, 0]) if self.hd95 else float("nan"),
                 "tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
+                "categories": _batch_columns(batch, "categories", i),
             })
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = self.rows
-        if trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list[list[dict[str, Any]]] = [[] for _ in range(trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, rows)
-            unique = {(r["id"], r["text"]): r for part in gathered for r in part}  # the sampler pads with repeats
-            rows = list(unique.values())
+        rows = gather_rows(trainer, self.rows)  # every process holds every row: the same values everywhere
         finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
-        if self.hd95 and finite:  # every process holds every row: the same value everywhere
+        if self.hd95 and finite:
             pl_module.log("test/hd95", sum(finite) / len(finite))
+        by_category = dice_by_category(rows)
+        for column, values in by_category.items():
+            for value, entry in values.items():
+                pl_module.log(f"test/dice_by_category/{column}={value}", entry["dice"])
         if trainer.is_global_zero:
-            self._write(rows, pl_module)
+            self._write(rows, by_category, pl_module)
 
-    def _write(self, rows: list[dict[str, Any]], pl_module: L.LightningModule) -> None:
+    def _write(self, rows: list[dict[str, Any]], by_category: dict[str, dict[str, dict[str, float]]],
+               pl_module: L.LightningModule) -> None:
         n = max(len(rows), 1)
         tp, fp, fn = (torch.tensor(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn"))
         dice_pooled, iou_pooled = dice_iou(tp, fp, fn)
         finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
+        protocols = [k for k in (rows[0] if rows else {}) if k in ("dice_swapped_text", "dice_no_text")
+                     or k.startswith("dice@")]
         summary = {
             "model": type(pl_module).__name__, "split": "test", "images": len(rows),
             "dice": sum(r["dice"] for r in rows) / n, "miou": sum(r["iou"] for r in rows) / n,
             "dice_pooled": float(dice_pooled), "miou_pooled": float(iou_pooled),
             "hd95": sum(finite) / len(finite) if finite else float("nan"), "hd95_defined_images": len(finite),
-            "dice_swapped_text": sum(r["dice_swapped_text"] for r in rows) / n,
+            **{key: sum(r[key] for r in rows) / n for key in protocols},
+            "dice_by_category": by_category,
         }
         if rows and not any(r["tp"] + r["fn"] for r in rows):
             dataset = getattr(getattr(pl_module.trainer, "datamodule", None), "datasets", {}).get("test")
@@ -296,13 +359,11 @@ class TestReport(L.Callback):
             log.warning("%s: every mask of the %d test images is empty; Dice is 1 only where the prediction is "
                         "empty too, so these metrics say nothing about lesions", source, len(rows))
         atomic_write_text(self.output_dir / "test_summary.json", json.dumps(summary, indent=2) + "\n")
-        buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.output_dir / "test_per_image.csv", buffer.getvalue())
-        log.info("test report written to %s: %s", self.output_dir,
-                 ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+        write_csv(self.output_dir / "test_per_image.csv", [{k: v for k, v in r.items() if k != "categories"} for r in rows])
+        shown = {**{k: v for k, v in summary.items() if isinstance(v, float)},
+                 **{f"dice_by_category/{column}={value}": entry["dice"] for column, values in by_category.items()
+                    for value, entry in values.items()}}
+        log.info("test report written to %s: %s", self.output_dir, ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
 
 
 class PerformanceOptions(L.Callback):

@@ -39,14 +39,18 @@ class ResumableSampler(DistributedSampler):
 class SegmentationDataModule(L.LightningDataModule):
     """Shared loaders for image-text-mask data; subclasses implement ``build_dataset(split)``.
 
-    The test (and predict) split carries ``swap_text`` for the text-adherence metric.
+    The test split carries what ``langseg test``'s text-robustness protocols need (``SwappedTextDataset``):
+    ``swap_text``; ``alt_texts``, the cells of ``alt_text_columns`` (None: every column named ``text_*``;
+    ``[]``: none), each giving ``test/dice@<column>``; ``categories``, the cells of ``category_columns``
+    (None: ``category`` when the data have it), each value's Dice in the test report.
     """
 
     mean: Sequence[float] = (0.5,)  # the normalisation of every dataset here unless a subclass sets its own
     std: Sequence[float] = (0.25,)
 
     def __init__(self, image_size: int = 224, in_channels: int = 1, batch_size: int = 16, num_workers: int = 2,
-                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+                 swap_seed: int = 0, predict_split: Split = "test", alt_text_columns: list[str] | None = None,
+                 category_columns: list[str] | None = None) -> None:
         super().__init__()
         for name, value, least in (("image_size", image_size, 1), ("in_channels", in_channels, 1),
                                    ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
@@ -58,6 +62,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.swap_seed = swap_seed
         self.predict_split = predict_split
+        self.alt_text_columns = alt_text_columns
+        self.category_columns = category_columns
         self.datasets: dict[str, Dataset] = {}
         self._resume: tuple[int, int] | None = None
 
@@ -88,8 +94,16 @@ class SegmentationDataModule(L.LightningDataModule):
             if len(ds) == 0:
                 raise DataError(f"the {split} split is empty; expected at least one sample")
             source = str(getattr(ds, "source", f"the {split} split"))
-            self.datasets[split] = SwappedTextDataset(ds, self.swap_seed, source) if split == "test" else ds
+            self.datasets[split] = self._test_protocols(ds, source) if split == "test" else ds
         return self.datasets[split]
+
+    def _test_protocols(self, dataset: Dataset, source: str) -> SwappedTextDataset:
+        """The test split with its swapped texts, alternative texts and categories (columns chosen by the
+        options, or by the default rule)."""
+        columns = tuple(getattr(dataset, "columns", ()))
+        alt = [c for c in columns if c.startswith("text_")] if self.alt_text_columns is None else self.alt_text_columns
+        categories = [c for c in columns if c == "category"] if self.category_columns is None else self.category_columns
+        return SwappedTextDataset(dataset, self.swap_seed, source, alt, categories)
 
     def setup(self, stage: str) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
@@ -130,14 +144,18 @@ class ImageTextMaskDataModule(SegmentationDataModule):
     Paths in a CSV are relative to it; images PNG/JPEG (8/16-bit, gray or RGB), masks two-level
     (0 and 1 or 255). Images are resized to ``image_size`` and converted to ``in_channels``.
     ``predict_csv`` (relative to ``root``) names new images to predict: columns ``image,text``, ``mask``
-    optional (when present, overlays outline it).
+    optional (when present, overlays outline it). Other columns are carried to every sample
+    (``columns``), to the test report and to the predictions' ``predictions.csv``; ``alt_text_columns``
+    and ``category_columns`` choose which drive the test protocols (see ``SegmentationDataModule``).
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, train_csv: str = "train.csv", val_csv: str = "val.csv",
                  test_csv: str = "test.csv", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
-                 swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None) -> None:
-        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
+                 swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None,
+                 alt_text_columns: list[str] | None = None, category_columns: list[str] | None = None) -> None:
+        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split,
+                         alt_text_columns, category_columns)
         self.save_hyperparameters()
         self.predict_csv = predict_csv
         self.root = Path(root).expanduser()
@@ -156,12 +174,16 @@ class ImageTextMaskDataModule(SegmentationDataModule):
 
 
 class SyntheticReferringDataModule(SegmentationDataModule):
-    """Embedded default data: procedural referring-lesion images, generated on the fly, deterministic by seed."""
+    """Embedded default data: procedural referring-lesion images, generated on the fly, deterministic by seed,
+    with the columns ``category`` and ``text_short`` (so ``langseg test`` reports ``test/dice@text_short``
+    and the Dice per category by default)."""
 
     def __init__(self, num_train: int = 1024, num_val: int = 128, num_test: int = 256, image_size: int = 64,
                  in_channels: int = 1, batch_size: int = 32, num_workers: int = 2, seed: int = 0,
-                 swap_seed: int = 0, predict_split: Split = "test") -> None:
-        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
+                 swap_seed: int = 0, predict_split: Split = "test", alt_text_columns: list[str] | None = None,
+                 category_columns: list[str] | None = None) -> None:
+        super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split,
+                         alt_text_columns, category_columns)
         self.save_hyperparameters()
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed

@@ -1,4 +1,5 @@
-"""Datasets yielding ``{"image", "mask", "text", "id", "orig_size"}`` samples (and ``"swap_text"`` when wrapped)."""
+"""Datasets yielding ``{"image", "mask", "text", "id", "orig_size", "columns"}`` samples (and, wrapped for
+the test split, ``"swap_text"``, ``"alt_texts"`` and ``"categories"``)."""
 from __future__ import annotations
 
 import csv
@@ -40,7 +41,10 @@ def derangement(n: int, seed: int) -> list[int]:
 
 
 class SyntheticReferringDataset(Dataset):
-    """Deterministic procedural referring-lesion samples (see ``langseg.data.synthetic``)."""
+    """Deterministic procedural referring-lesion samples (see ``langseg.data.synthetic``), with the extra
+    columns ``category`` (zone, side, all, size) and ``text_short`` (the target's key words)."""
+
+    columns = ("category", "text_short")
 
     def __init__(self, num_samples: int, image_size: int = 64, in_channels: int = 1, seed: int = 0,
                  split: str = "train", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,)) -> None:
@@ -65,6 +69,10 @@ class SyntheticReferringDataset(Dataset):
     def text_of(self, index: int) -> str:
         return self._sample(index).text
 
+    def columns_of(self, index: int) -> dict[str, str]:
+        s = self._sample(index)
+        return {"category": s.category, "text_short": s.text_short}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self._sample(index)
         image = torch.from_numpy(s.image).unsqueeze(0).expand(self.in_channels, -1, -1).contiguous()
@@ -75,6 +83,7 @@ class SyntheticReferringDataset(Dataset):
             "id": f"synthetic_{self.split_id}_{index:05d}",
             "image_path": "",
             "orig_size": torch.tensor([self.image_size, self.image_size]),
+            "columns": self.columns_of(index),
         }
 
 
@@ -167,7 +176,8 @@ def image_size_of(file: Path) -> tuple[int, int]:
 
 def read_csv_records(path: Path, require_mask: bool = True) -> list[dict[str, Any]]:
     """Raw rows of a generic-format CSV: ``image``/``mask`` resolved against the CSV's folder (without
-    ``require_mask``, a CSV of new images may leave out the mask column: ``mask`` is then None)."""
+    ``require_mask``, a CSV of new images may leave out the mask column: ``mask`` is then None); every
+    other column's cell, as text, in ``columns``."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found; expected a CSV with columns image,mask,text")
     try:
@@ -178,20 +188,22 @@ def read_csv_records(path: Path, require_mask: bool = True) -> list[dict[str, An
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {columns}, "
                                 f"expected image,mask,text" + ("" if require_mask else " (mask optional)"))
+            extra = [c for c in columns if c not in REQUIRED_COLUMNS]
             raw = list(reader)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
     return [{"image": path.parent / (rec["image"] or ""),
              "mask": path.parent / (rec["mask"] or "") if "mask" in rec else None,
-             "text": rec["text"], "where": f"{path} row {line}", "line": line, "key": (rec["image"], rec.get("mask"))}
+             "text": rec["text"], "where": f"{path} row {line}", "line": line, "key": (rec["image"], rec.get("mask")),
+             "columns": {c: rec[c] or "" for c in extra}}
             for line, rec in enumerate(raw, start=2)]
 
 
 def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
     """Check every record (text, duplicates, files, sizes); returns rows with ``size`` added.
 
-    Each record holds ``image``, ``mask`` (paths), ``text`` (raw cell), ``where`` ("file row N"), ``line``
-    and ``key`` (the row's file names, for duplicate detection).
+    Each record holds ``image``, ``mask`` (paths), ``text`` (raw cell), ``where`` ("file row N"), ``line``,
+    ``key`` (the row's file names, for duplicate detection) and optionally ``columns`` (other cells by name).
     """
     if not records:
         raise DataError(f"{source}: no rows; expected at least one image,mask,text row")
@@ -221,7 +233,8 @@ def validate_records(records: list[dict[str, Any]], source: Path) -> list[dict[s
         if isize != msize:
             raise DataError(f"{where}: mask '{rec['mask']}' is {msize[0]}x{msize[1]} but its image is "
                             f"{isize[0]}x{isize[1]}; expected the same size")
-        rows.append({"image": rec["image"], "mask": rec["mask"], "text": text, "size": isize, "line": rec["line"]})
+        rows.append({"image": rec["image"], "mask": rec["mask"], "text": text, "size": isize, "line": rec["line"],
+                     "columns": rec.get("columns", {})})
     return rows
 
 
@@ -249,7 +262,8 @@ class ImageTextMaskDataset(Dataset):
     or ``records`` from another reader (see ``validate_records``).
 
     Every row is checked when the dataset is built (columns, empty text, duplicate rows, files present,
-    image and mask of the same size); mask values are checked as each mask is read.
+    image and mask of the same size); mask values are checked as each mask is read. Columns other than
+    ``image,mask,text`` (``columns``) reach each sample as ``item["columns"][name]``.
     """
 
     def __init__(self, csv_path: str | Path | None = None, image_size: int = 224, in_channels: int = 1,
@@ -267,12 +281,20 @@ class ImageTextMaskDataset(Dataset):
         self.source = Path(source or "records")
         self.rows = validate_records(records, self.source)
         assign_ids(self.rows)
+        self.columns = tuple(self.rows[0]["columns"])
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def text_of(self, index: int) -> str:
         return self.rows[index]["text"]
+
+    def columns_of(self, index: int) -> dict[str, str]:
+        return self.rows[index]["columns"]
+
+    def where_of(self, index: int) -> str:
+        """``"<file> row N"``: where the sample at ``index`` comes from, for error messages."""
+        return f"{self.source} row {self.rows[index]['line']}"
 
     def load_image(self, file: Path) -> Tensor:
         """``(C, S, S)`` image in [0, 1], converted to ``in_channels`` and resized (``prepare_image``)."""
@@ -300,6 +322,7 @@ class ImageTextMaskDataset(Dataset):
             "id": row["id"],
             "image_path": str(row["image"]),
             "orig_size": torch.tensor([row["size"][1], row["size"][0]]),
+            "columns": row["columns"],
         }
         if row["mask"] is not None:
             item["mask"] = self.load_mask(row["mask"])
@@ -324,16 +347,36 @@ def swap_partners(texts: Sequence[str], seed: int) -> list[int]:
 
 
 class SwappedTextDataset(Dataset):
-    """Adds ``swap_text``: the text of another sample, always a different text (``swap_partners``); logs a
-    warning naming ``source`` when the split has a single distinct text (then swapped-text Dice = Dice)."""
+    """The test split with what its text-robustness protocols need: ``swap_text``, the text of another sample,
+    always a different text (``swap_partners``; a warning naming ``source`` when the split has a single
+    distinct text, then swapped-text Dice = Dice); ``alt_texts``, the cells of ``alt_text_columns`` (texts
+    to segment the same image with, ``{column: text}``); ``categories``, those of ``category_columns``.
 
-    def __init__(self, dataset: Dataset, seed: int = 0, source: str = "the split") -> None:
+    A named column the dataset lacks, or an empty alternative text, is a DataError naming ``source``.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, source: str = "the split",
+                 alt_text_columns: Sequence[str] = (), category_columns: Sequence[str] = ()) -> None:
         self.dataset = dataset
         texts = [dataset.text_of(i) for i in range(len(dataset))]
         self.partner = swap_partners(texts, seed)
         if len(set(texts)) < 2:
             log.warning("%s: %s; the swapped-text Dice cannot measure text adherence and equals the Dice", source,
                         "a single sample" if len(texts) == 1 else f"all {len(texts)} samples have the same text")
+        available = tuple(getattr(dataset, "columns", ()))
+        for option, names in (("alt_text_columns", alt_text_columns), ("category_columns", category_columns)):
+            for name in names:
+                if name not in available:
+                    raise DataError(f"{source}: no column '{name}' (named by data.{option}); its columns are "
+                                    f"{', '.join(('text', *available))}")
+        self.alt_text_columns, self.category_columns = tuple(alt_text_columns), tuple(category_columns)
+        for index in range(len(dataset) if self.alt_text_columns else 0):
+            cells = dataset.columns_of(index)
+            for name in self.alt_text_columns:
+                if not cells[name].strip():
+                    where = dataset.where_of(index) if hasattr(dataset, "where_of") else f"{source} sample {index}"
+                    raise DataError(f"{where}: column '{name}' is empty; expected an alternative text in every "
+                                    f"row (data.alt_text_columns)")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -341,4 +384,7 @@ class SwappedTextDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])
         item["swap_text"] = self.dataset.text_of(self.partner[index])
+        cells = item.get("columns", {})
+        item["alt_texts"] = {name: cells[name].strip() for name in self.alt_text_columns}
+        item["categories"] = {name: cells[name] for name in self.category_columns}
         return item

@@ -23,6 +23,8 @@ class ReferringSample:
     image: np.ndarray  # (S, S) float32 in [0, 1]
     mask: np.ndarray  # (S, S) uint8 in {0, 1}
     text: str
+    category: str  # the kind of reference: zone, side, all or size
+    text_short: str  # the target's key words only ("upper left lung", "largest lesion"): still sufficient
 
 
 def _zone_centre(zone: str, size: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -31,10 +33,6 @@ def _zone_centre(zone: str, size: int, rng: np.random.Generator) -> tuple[float,
     col = 0.28 if side == "right" else 0.72  # patient's right lung is on the image's left
     jitter = rng.uniform(-0.05, 0.05, size=2)
     return (row + jitter[0]) * size, (col + jitter[1]) * size
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{NUMBERS[n]} {word}" + ("s" if n > 1 else "")
 
 
 Lesion = tuple[str, float, np.ndarray]  # zone, radius, boolean blob (S, S)
@@ -65,52 +63,112 @@ def _sides(lesions: list[Lesion]) -> list[str]:
     return sorted({zone.split()[1] for zone, _, _ in lesions})
 
 
-def _zone_text(lesion: Lesion) -> tuple[str, list[Lesion]]:
-    return f"One infected area in the {lesion[0]} lung.", [lesion]
+NOUN_PLURALS = {"infected area": "infected areas", "lesion": "lesions", "opacity": "opacities",
+                "consolidation": "consolidations"}
+LUNG_WORDS = ("lung", "lung field")
+SIZE_WORDS = {"largest": ("largest", "biggest"), "smallest": ("smallest", "tiniest")}
+BOTH_SIDES = ("bilateral pulmonary infection", "infection of both lungs")
+# Several phrasings per kind, with the clauses in different orders; the first is the canonical wording.
+TEMPLATES = {
+    "zone": ("One {noun} in the {zone} {lung}.", "{zone} {lung}: one {noun}.",
+             "The {zone} {lung} shows one {noun}.", "A single {noun}, {zone} {lung}."),
+    "side": ("Unilateral infection, {count}, {side} {lung}.", "{count} in the {side} {lung}, unilateral.",
+             "{side} {lung} only: {count}.", "Infection limited to the {side} {lung}, {count}."),
+    "all": ("All lesions: {where}, {count}.", "{count} in total, {where}: all of them.",
+            "Every {noun}: {where}, {count}.", "{where}, {count}; segment them all."),
+    "size": ("The {size} {noun}, in the {zone} {lung}.", "{zone} {lung}: the {size} {noun}.",
+             "Only the {size} {noun} ({zone} {lung}).", "The {size} of the {nouns}, {zone} {lung}."),
+}
+CANONICAL_NOUN = {"zone": "infected area", "side": "infected area", "all": "infected area", "size": "lesion"}
 
 
-def _side_text(lesions: list[Lesion], side: str) -> tuple[str, list[Lesion]]:
+@dataclass
+class Reference:
+    """What a text refers to: its kind (``category``), the lesions in the mask, the facts a wording
+    states (zone, side, size, ...) and the terse key words (``text_short``)."""
+
+    category: str
+    chosen: list[Lesion]
+    facts: dict[str, str]
+    short: str
+
+
+def _zone_reference(lesion: Lesion) -> Reference:
+    return Reference("zone", [lesion], {"zone": lesion[0]}, f"{lesion[0]} lung")
+
+
+def _side_reference(lesions: list[Lesion], side: str) -> Reference:
     chosen = [les for les in lesions if les[0].endswith(side)]
-    return f"Unilateral infection, {_plural(len(chosen), 'infected area')}, {side} lung.", chosen
+    return Reference("side", chosen, {"side": side}, f"{side} lung")
 
 
-def _all_text(lesions: list[Lesion]) -> tuple[str, list[Lesion]]:
+def _all_reference(lesions: list[Lesion]) -> Reference:
     sides = _sides(lesions)
-    where = "bilateral pulmonary infection" if len(sides) == 2 else f"infection of the {sides[0]} lung"
-    return f"All lesions: {where}, {_plural(len(lesions), 'infected area')}.", lesions
+    return Reference("all", lesions, {"side": sides[0] if len(sides) == 1 else ""}, "all lesions")
 
 
-def _size_text(lesions: list[Lesion], largest: bool) -> tuple[str, list[Lesion]]:
+def _size_reference(lesions: list[Lesion], largest: bool) -> Reference:
     chosen = sorted(lesions, key=lambda les: les[1], reverse=largest)[0]
-    return f"The {'largest' if largest else 'smallest'} lesion, in the {chosen[0]} lung.", [chosen]
+    size = "largest" if largest else "smallest"
+    return Reference("size", [chosen], {"zone": chosen[0], "size": size}, f"{size} lesion")
 
 
-def _sample(image: np.ndarray, text: str, chosen: list[Lesion]) -> ReferringSample:
+def _wording(ref: Reference, rng: np.random.Generator | None) -> str:
+    """The text of ``ref``: a template, noun, word for "lung" and size word drawn from ``rng``, or the
+    canonical wording (each kind's first template and words) when ``rng`` is None."""
+    picks = [0, 0, 0, 0] if rng is None else [int(k) for k in rng.integers(0, 4, size=4)]
+    template = TEMPLATES[ref.category][picks[0]]
+    noun = CANONICAL_NOUN[ref.category] if rng is None else list(NOUN_PLURALS)[picks[1]]
+    lung = LUNG_WORDS[picks[2] % 2]
+    side = ref.facts.get("side", "")
+    both = BOTH_SIDES[picks[3] % 2]
+    words = {
+        "noun": noun, "nouns": NOUN_PLURALS[noun], "lung": lung, "zone": ref.facts.get("zone", ""), "side": side,
+        "count": _count(len(ref.chosen), noun), "where": f"infection of the {side} {lung}" if side else both,
+        "size": SIZE_WORDS[ref.facts["size"]][picks[3] % 2] if "size" in ref.facts else "",
+    }
+    text = template.format(**words)
+    return text[0].upper() + text[1:]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{NUMBERS[n]} {noun if n == 1 else NOUN_PLURALS[noun]}"
+
+
+def _sample(image: np.ndarray, ref: Reference, rng: np.random.Generator | None) -> ReferringSample:
     mask = np.zeros(image.shape, dtype=np.uint8)
-    for _, _, blob in chosen:
+    for _, _, blob in ref.chosen:
         mask[blob] = 1
-    return ReferringSample(image=image, mask=mask, text=text)
+    return ReferringSample(image=image, mask=mask, text=_wording(ref, rng), category=ref.category,
+                           text_short=ref.short)
 
 
 def make_referring_sample(size: int, rng: np.random.Generator) -> ReferringSample:
-    """One image, mask and referring text drawn from ``rng``."""
+    """One image, mask and referring text drawn from ``rng``.
+
+    The film, the kind of reference and the target are drawn from ``rng`` itself; the wording from a
+    child generator (``rng.spawn``, which draws nothing from ``rng``), so the images and masks of a
+    seed are those of the single-wording generator before it.
+    """
+    wording_rng = rng.spawn(1)[0]
     image, lesions = _draw_film(size, rng)
     kind = rng.choice(["zone", "side", "all", "size"])
     if kind == "zone":
-        text, chosen = _zone_text(lesions[int(rng.integers(len(lesions)))])
+        ref = _zone_reference(lesions[int(rng.integers(len(lesions)))])
     elif kind == "side":
-        text, chosen = _side_text(lesions, rng.choice(_sides(lesions)))
+        ref = _side_reference(lesions, rng.choice(_sides(lesions)))
     elif kind == "all":
-        text, chosen = _all_text(lesions)
+        ref = _all_reference(lesions)
     else:
-        text, chosen = _size_text(lesions, largest=rng.random() < 0.5)
-    return _sample(image, text, chosen)
+        ref = _size_reference(lesions, largest=rng.random() < 0.5)
+    return _sample(image, ref, wording_rng)
 
 
 def referring_variants(size: int, rng: np.random.Generator) -> list[ReferringSample]:
-    """Every referring text of the image that ``make_referring_sample`` draws from the same ``rng`` state, each
-    with its mask: one per zone, one per side, all lesions, the largest and the smallest."""
+    """Every reference of the image that ``make_referring_sample`` draws from the same ``rng`` state, each
+    with its mask, in the canonical wording: one per zone, one per side, all lesions, the largest and the
+    smallest."""
     image, lesions = _draw_film(size, rng)
-    found = [_zone_text(les) for les in lesions] + [_side_text(lesions, side) for side in _sides(lesions)]
-    found += [_all_text(lesions), _size_text(lesions, largest=True), _size_text(lesions, largest=False)]
-    return [_sample(image, text, chosen) for text, chosen in found]
+    found = [_zone_reference(les) for les in lesions] + [_side_reference(lesions, side) for side in _sides(lesions)]
+    found += [_all_reference(lesions), _size_reference(lesions, largest=True), _size_reference(lesions, largest=False)]
+    return [_sample(image, ref, None) for ref in found]

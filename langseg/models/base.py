@@ -3,7 +3,8 @@
 A method builds its plain network as ``self.net`` (``net(image, text) -> {"logits": ..., ...}``), owns
 its loss (``compute_loss``) and its defaults (optimiser, schedule, training-time augmentation). The base
 owns text encoding (with the frozen-feature cache), the train/val/test/predict steps, Dice/IoU metrics
-(per-image and pooled), the swapped-text adherence metric and the optimiser wiring.
+(per-image and pooled), the text-robustness protocols of the test step (swapped, neutral and
+alternative texts) and the optimiser wiring.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
 
 TEXT_ENCODER_PREFIX = "text_encoder."
+NEUTRAL_TEXT = ""  # the text of test/dice_no_text: the tokenizer's special tokens alone
+
+
 def adamw(lr: float, weight_decay: float = 1e-2) -> OptimizerCallable:
     """AdamW over the parameters it is given, at ``lr`` (an ``optimizer`` argument for Python use)."""
     return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
@@ -96,6 +100,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.val_metrics = SegmentationMetrics(threshold)
         self.test_metrics = SegmentationMetrics(threshold)
         self.test_swapped_metrics = SegmentationMetrics(threshold)
+        self.test_no_text_metrics = SegmentationMetrics(threshold)
+        self.test_alt_metrics: dict[str, SegmentationMetrics] = {}  # per alternative-text column, made in test_step
         self.net: nn.Module | None = None
         self.preprocessing: dict[str, Any] | None = None  # the training data's (image_size, in_channels, mean, std)
 
@@ -224,12 +230,25 @@ class LanguageGuidedSegmenter(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        logits = swapped = self._eval_step(batch, "test", self.test_metrics)
-        if self.use_text and "swap_text" in batch:
-            swapped = self.segment(batch["image"], batch["swap_text"])["logits"]
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Logits of the test images with their own text, and with the text-robustness protocols' texts:
+        another sample's (``swap_text``), the neutral text ``NEUTRAL_TEXT`` and each alternative-text
+        column's (``alt_texts``). An image-only model gives its one prediction for all of them."""
+        logits = self._eval_step(batch, "test", self.test_metrics)
+
+        def segmented_with(texts: list[str]) -> Tensor:
+            return self.segment(batch["image"], list(texts))["logits"] if self.use_text else logits
+
+        swapped = segmented_with(batch["swap_text"]) if "swap_text" in batch else logits
+        no_text = segmented_with([NEUTRAL_TEXT] * len(batch["text"]))
+        alt = {name: segmented_with(texts) for name, texts in batch.get("alt_texts", {}).items()}
         self.test_swapped_metrics.update(swapped, batch["mask"])
-        return {"logits": logits, "swapped_logits": swapped}
+        self.test_no_text_metrics.update(no_text, batch["mask"])
+        for name, alt_logits in alt.items():
+            if name not in self.test_alt_metrics:
+                self.test_alt_metrics[name] = SegmentationMetrics(self.hparams.threshold).to(self.device)
+            self.test_alt_metrics[name].update(alt_logits, batch["mask"])
+        return {"logits": logits, "swapped_logits": swapped, "no_text_logits": no_text, "alt_logits": alt}
 
     def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> dict[str, Tensor]:
         values = metrics.compute()
@@ -240,10 +259,16 @@ class LanguageGuidedSegmenter(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_alt_metrics = {}
+
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
-        self.log("test/dice_swapped_text", self.test_swapped_metrics.compute()["dice"])
-        self.test_swapped_metrics.reset()
+        protocols = {"test/dice_swapped_text": self.test_swapped_metrics, "test/dice_no_text": self.test_no_text_metrics,
+                     **{f"test/dice@{name}": metrics for name, metrics in self.test_alt_metrics.items()}}
+        for key, metrics in protocols.items():
+            self.log(key, metrics.compute()["dice"])
+            metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         prob = torch.sigmoid(self.segment(batch["image"], batch["text"])["logits"].float())
