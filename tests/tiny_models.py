@@ -16,7 +16,7 @@ TINY = {
     "guidedecoder": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16, text_tokens=(16, 8, 4)),
     "himix": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16, text_tokens=(16, 8, 4),
                   text_layers=(2, 3, 4)),
-    "early_fusion": dict(text_encoder="tiny", decoder_channels=(32, 16, 8, 8, 8)),
+    "early_fusion": dict(text_encoder="tiny", encoder_depth=4, decoder_channels=(32, 16, 8, 8)),
     "mmi_unet": dict(text_encoder="tiny", encoder_name="convnext_atto", max_text_length=16),
     "lvit": dict(text_encoder="tiny", widths=(4, 8, 16, 32, 32), num_heads=2, image_size=32),
 }
