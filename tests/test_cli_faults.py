@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import resource
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -355,3 +357,82 @@ def test_predict_a_csv_of_new_images_without_masks(trained, tmp_path, capsys):
                                "langseg.data.ImageTextMaskDataModule", "--data.root", data, "--data.image_size", "32",
                                "--data.predict_csv", "bad.csv", cwd=tmp_path, capsys=capsys)[::2])
     assert "bad.csv: missing column(s) text; found ['image', 'caption'], expected image,mask,text (mask optional)" in line
+
+
+# --- text-robustness protocols -------------------------------------------------------------------------
+
+def _logged(stdout: str) -> dict[str, float]:
+    """The metrics of Lightning's test table."""
+    return {k: float(v) for k, v in re.findall(r"│\s+(test/\S+)\s+│\s+([0-9.e-]+)\s+│", stdout)}
+
+
+def test_the_documented_protocol_command_prints_and_writes_every_protocol(trained, tmp_path, capsys):
+    from tests.test_documented_commands import documented_commands
+
+    (command,) = [c for s, c in documented_commands() if s == "evaluation.md" and "--data.alt_text_columns" in c]
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "runs" / "unet" / "version_0" / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained / "unet.ckpt", tmp_path / "runs" / "unet" / "version_0" / "checkpoints" / "last.ckpt")
+    code, out, err = run_main(*shlex.split(command)[1:], *TINY, cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    logged = _logged(out)
+    for key in ("test/dice_swapped_text", "test/dice_no_text", "test/dice@text_short"):
+        assert logged[key] == logged["test/dice"]  # the image-only U-Net: one prediction whatever the text
+    summary = json.loads((tmp_path / "runs" / "unet" / "version_1" / "results" / "test_summary.json").read_text())
+    by_category = summary["dice_by_category"]["category"]
+    assert sum(entry["images"] for entry in by_category.values()) == 8 and len(by_category) > 1
+    for value, entry in by_category.items():
+        assert logged[f"test/dice_by_category/category={value}"] == pytest.approx(entry["dice"], abs=1e-6)
+        assert f"dice_by_category/category={value}=" in err  # the report's summary line
+
+
+def test_extra_csv_columns_reach_the_test_report_and_the_predictions(trained, tmp_path, capsys):
+    data = write_generic_folder(tmp_path / "data", {"train": 2, "val": 2, "test": 4})
+
+    def add_columns(rows):
+        rows[0] += ["finding", "text_free"]
+        for k, row in enumerate(rows[1:]):
+            row += ["small" if k % 2 else "large", f"the lesion of film {k}"]
+
+    _rewrite_csv(data / "test.csv", add_columns)
+    folder = [*TINY, "--ckpt_path", trained / "unet.ckpt", "--data", "langseg.data.ImageTextMaskDataModule",
+              "--data.root", data, "--data.image_size", "32"]
+    code, out, err = run_main("test", "--config", UNET, *folder, "--data.category_columns", "[finding]",
+                              "--test_report.output_dir", "report", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    logged = _logged(out)
+    assert {"test/dice@text_free", "test/dice_by_category/finding=large", "test/dice_by_category/finding=small"} <= set(logged)
+    summary = json.loads((tmp_path / "report" / "test_summary.json").read_text())
+    assert {k: v["images"] for k, v in summary["dice_by_category"]["finding"].items()} == {"large": 2, "small": 2}
+    with (tmp_path / "report" / "test_per_image.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["finding"] for r in rows] == ["large", "small"] * 2 and rows[1]["text_free"] == "the lesion of film 1"
+    code, _, err = run_main("predict", "--config", UNET, *folder, "--prediction_writer.output_dir", "pred",
+                            cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    with (tmp_path / "pred" / "predictions.csv").open(newline="") as fh:
+        predicted = list(csv.DictReader(fh))
+    assert [(r["id"], r["mask"], r["finding"]) for r in predicted] == [
+        (f"test_{k}", f"masks/test_{k}.png", "small" if k % 2 else "large") for k in range(4)]
+    assert all((tmp_path / "pred" / r["mask"]).is_file() for r in predicted)
+
+
+@pytest.mark.parametrize("option, edit, expected", [
+    ("--data.alt_text_columns=[text_other]", None, "test.csv: no column 'text_other' (named by data.alt_text_columns)"),
+    ("--data.category_columns=[finding]", None, "test.csv: no column 'finding' (named by data.category_columns); "
+                                                 "the columns besides image and mask are text, text_free"),
+    ("--data.alt_text_columns=[text_free]", 2, "test.csv row 3: column 'text_free' is empty"),
+])
+def test_a_missing_or_empty_protocol_column_is_one_line(trained, tmp_path, capsys, option, edit, expected):
+    data = write_generic_folder(tmp_path / "data", {"train": 2, "val": 2, "test": 3})
+
+    def add_text_free(rows):
+        rows[0].append("text_free")
+        for k, row in enumerate(rows[1:], start=1):
+            row.append("" if k == edit else f"film {k}")
+
+    _rewrite_csv(data / "test.csv", add_text_free)
+    line = the_error(*run_main("test", "--config", UNET, *TINY, "--ckpt_path", trained / "unet.ckpt", "--data",
+                               "langseg.data.ImageTextMaskDataModule", "--data.root", data, "--data.image_size", "32",
+                               option, cwd=tmp_path, capsys=capsys)[::2])
+    assert f"{data}/{expected}" in line

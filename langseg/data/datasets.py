@@ -367,8 +367,8 @@ class SwappedTextDataset(Dataset):
         for option, names in (("alt_text_columns", alt_text_columns), ("category_columns", category_columns)):
             for name in names:
                 if name not in available:
-                    raise DataError(f"{source}: no column '{name}' (named by data.{option}); its columns are "
-                                    f"{', '.join(('text', *available))}")
+                    raise DataError(f"{source}: no column '{name}' (named by data.{option}); the columns besides "
+                                    f"image and mask are {', '.join(('text', *available))}")
         self.alt_text_columns, self.category_columns = tuple(alt_text_columns), tuple(category_columns)
         for index in range(len(dataset) if self.alt_text_columns else 0):
             cells = dataset.columns_of(index)

@@ -1,8 +1,12 @@
+import csv
+import json
+
 import lightning as L
 import pytest
 import torch
 
 from langseg.blocks.augmentation import JointAugmentation
+from langseg.callbacks import TestReport
 from langseg.data import SyntheticReferringDataModule
 from langseg.errors import ConfigError
 from langseg.models import LanguageGuidedSegmenter, UNetBaseline
@@ -112,7 +116,48 @@ def test_test_loop_logs_both_dice_definitions_and_swapped_text():
     assert {"test/dice", "test/miou", "test/dice_pooled", "test/miou_pooled", "test/dice_swapped_text"} <= set(result)
     ds = dm.dataset("test")
     expected = [ds.dataset.text_of(ds.partner[i]) for i in range(8)]
-    assert sum(seen, []) == expected
+    assert sum(seen[0::3], []) == expected  # per batch: swapped, neutral, then the alternative texts
+    assert sum(seen[1::3], []) == [""] * 8
+    assert sum(seen[2::3], []) == [ds.dataset.columns_of(i)["text_short"] for i in range(8)]
+
+
+class ShortTextOracle(LanguageGuidedSegmenter):
+    """Predicts every pixel for a text of fewer than four words (the neutral text, a ``text_short``), none for a
+    longer one (every full text of the embedded data): a text-following model whose Dice is known."""
+
+    def __init__(self) -> None:
+        super().__init__(text_encoder="tiny")
+
+    def encode_text(self, texts):
+        return texts
+
+    def forward(self, image, text, **net_inputs):
+        everything = torch.tensor([len(t.split()) < 4 for t in text], dtype=image.dtype) * 20 - 10
+        return {"logits": everything[:, None, None, None].expand(-1, 1, *image.shape[-2:])}
+
+
+def test_no_text_alternative_text_and_category_dice_are_those_of_their_texts(tmp_path):
+    dm = SyntheticReferringDataModule(num_test=12, image_size=32, batch_size=4, num_workers=0)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TestReport(str(tmp_path), hd95=False)])
+    (result,) = trainer.test(ShortTextOracle(), dm)
+    items = [dm.dataset("test")[i] for i in range(12)]
+    full = [float(2 * it["mask"].sum() / (it["mask"].sum() + it["mask"].numel())) for it in items]  # all-foreground Dice
+    assert result["test/dice"] == 0 and result["test/dice_swapped_text"] == 0
+    assert result["test/dice_no_text"] == pytest.approx(sum(full) / 12)
+    assert result["test/dice@text_short"] == pytest.approx(sum(full) / 12)
+    summary = json.loads((tmp_path / "test_summary.json").read_text())
+    categories = {it["columns"]["category"] for it in items}
+    assert set(summary["dice_by_category"]["category"]) == categories and len(categories) > 1
+    for category, entry in summary["dice_by_category"]["category"].items():
+        of_category = [f for f, it in zip(full, items) if it["columns"]["category"] == category]
+        assert entry["images"] == len(of_category) and entry["dice"] == 0  # the full texts predict nothing
+    assert summary["dice@text_short"] == pytest.approx(sum(full) / 12)
+    assert {f"test/dice_by_category/category={c}" for c in categories} <= set(result)
+    with (tmp_path / "test_per_image.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["category"] for r in rows] == [it["columns"]["category"] for it in items]
+    assert [float(r["dice@text_short"]) for r in rows] == pytest.approx(full)
 
 
 def test_a_method_must_build_its_network():
