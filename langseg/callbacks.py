@@ -292,6 +292,7 @@ class TestReport(L.Callback):
         self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
         self.hd95 = hd95
         self.rows: list[dict[str, Any]] = []
+        self.protocols: list[str] = []  # the per-image Dice keys of the text-robustness protocols
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.output_dir = run_output_dir(trainer, self.output_dir_arg, "results")
@@ -313,17 +314,17 @@ class TestReport(L.Callback):
         protocols = {"dice_swapped_text": per_image_dice(outputs["swapped_logits"]),
                      "dice_no_text": per_image_dice(outputs["no_text_logits"]),
                      **{f"dice@{name}": per_image_dice(logits) for name, logits in outputs["alt_logits"].items()}}
+        self.protocols = list(protocols)
         pred_np, target_np = pred.cpu().numpy(), target.cpu().numpy()
         for i, sample_id in enumerate(batch["id"]):
-            row = {"id": sample_id, "text": batch["text"][i], "swap_text": batch.get("swap_text", [""] * len(pred))[i]}
-            row = with_columns(row, _batch_columns(batch, "columns", i))
-            self.rows.append({
-                **row, "dice": float(dice[i]), "iou": float(iou[i]),
-                **{key: float(values[i]) for key, values in protocols.items()},
+            row = {
+                "id": sample_id, "text": batch["text"][i], "swap_text": batch.get("swap_text", [""] * len(pred))[i],
+                "dice": float(dice[i]), "iou": float(iou[i]), **{key: float(values[i]) for key, values in protocols.items()},
                 "hd95": hd95(pred_np[i, 0], target_np[i, 0]) if self.hd95 else float("nan"),
                 "tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
-                "categories": _batch_columns(batch, "categories", i),
-            })
+            }
+            self.rows.append({**with_columns(row, _batch_columns(batch, "columns", i)),
+                              "categories": _batch_columns(batch, "categories", i)})
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = gather_rows(trainer, self.rows)  # every process holds every row: the same values everywhere
@@ -343,14 +344,12 @@ class TestReport(L.Callback):
         tp, fp, fn = (torch.tensor(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn"))
         dice_pooled, iou_pooled = dice_iou(tp, fp, fn)
         finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
-        protocols = [k for k in (rows[0] if rows else {}) if k in ("dice_swapped_text", "dice_no_text")
-                     or k.startswith("dice@")]
         summary = {
             "model": type(pl_module).__name__, "split": "test", "images": len(rows),
             "dice": sum(r["dice"] for r in rows) / n, "miou": sum(r["iou"] for r in rows) / n,
             "dice_pooled": float(dice_pooled), "miou_pooled": float(iou_pooled),
             "hd95": sum(finite) / len(finite) if finite else float("nan"), "hd95_defined_images": len(finite),
-            **{key: sum(r[key] for r in rows) / n for key in protocols},
+            **{key: sum(r[key] for r in rows) / n for key in self.protocols},
             "dice_by_category": by_category,
         }
         if rows and not any(r["tp"] + r["fn"] for r in rows):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from langseg.callbacks import PredictionWriter, TestReport
+from langseg.callbacks import PredictionWriter, TestReport, with_columns
 from langseg.data import ImageTextMaskDataModule
 from langseg.models import UNetBaseline
 
@@ -125,3 +125,8 @@ def test_last_checkpoint_holds_the_latest_weights_after_the_best_epoch(tmp_path,
     best = torch.load(checkpoint.best_model_path, weights_only=True)
     assert (best["epoch"], last["epoch"], last["global_step"]) == (0, 2, 3)
     assert all(torch.equal(last["state_dict"][k], v) for k, v in model.state_dict().items() if k in last["state_dict"])
+
+
+def test_extra_columns_follow_the_report_fields_and_never_replace_one():
+    row = with_columns({"id": "film_1", "dice": 0.5}, {"id": "P-17", "dice": "n/a", "finding": "small"})
+    assert row == {"id": "film_1", "dice": 0.5, "csv_id": "P-17", "csv_dice": "n/a", "finding": "small"}
