@@ -22,7 +22,7 @@ SIZE = 32
 FILMS = 4
 TEXTS = ("left", "right")  # the patient's sides: the left lung is on the image's right
 CHUNK, MAX_STEPS = 10, 200  # the check runs after every CHUNK steps; training stops once it holds (20-130 steps)
-TEXT_GUIDED = [n for n in langseg.list_models("*_small") if n != "unet_small"]
+TEXT_GUIDED = [n for n in langseg.list_models("*_small") if n != "unet_small"]  # all but the image-only U-Net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +84,8 @@ def build(name: str) -> langseg.models.LanguageGuidedSegmenter:
 
 @pytest.mark.parametrize("name", TEXT_GUIDED)
 def test_the_mask_moves_to_the_side_the_text_names(name):
-    assert train_on_sides(build(name))
+    model = build(name)
+    assert model.use_text and train_on_sides(model)
 
 
 def test_the_side_check_fails_when_the_text_is_cut(monkeypatch):
