@@ -80,7 +80,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _logged(stdout: str) -> dict[str, float]:
-    return {k: float(v) for k, v in re.findall(r"│\s+(test/\w+)\s+│\s+([0-9.e-]+)\s+│", stdout)}
+    return {k: float(v) for k, v in re.findall(r"│\s+(test/\S+)\s+│\s+([0-9.e-]+)\s+│", stdout)}
 
 
 def _new_run(root: Path, known: set[Path]) -> Path:
@@ -110,7 +110,8 @@ def test_ddp_on_two_cpu_processes_fits_and_tests_like_one_process(tmp_path, conf
     two_summary = json.loads((_new_run(root, runs) / "results" / "test_summary.json").read_text())
     assert not (root / "checkpoints").exists() and not (root / "results").exists()
     logged_one, logged_two = _logged(one.stdout), _logged(two.stdout)
-    assert {"test/dice", "test/dice_pooled", "test/dice_swapped_text"} <= set(logged_one)
+    assert {"test/dice", "test/dice_pooled", "test/dice_swapped_text", "test/dice_no_text", "test/dice@text_short",
+            "test/dice_by_category/category=side"} <= set(logged_one)
     for key, value in logged_one.items():
         if key != "test/loss":  # the loss is a mean of batch means, and the batches differ
             assert abs(value - logged_two[key]) < 1e-5, key

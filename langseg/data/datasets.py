@@ -188,7 +188,7 @@ def read_csv_records(path: Path, require_mask: bool = True) -> list[dict[str, An
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {columns}, "
                                 f"expected image,mask,text" + ("" if require_mask else " (mask optional)"))
-            extra = [c for c in columns if c not in REQUIRED_COLUMNS]
+            extra = [c for c in columns if c and c not in REQUIRED_COLUMNS]  # "": a header's trailing comma
             raw = list(reader)
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
