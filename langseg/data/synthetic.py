@@ -5,6 +5,10 @@ and of distinct sizes. The text picks the target: one zone ("upper left lung"), 
 lung"), the largest or smallest lesion, or all of them. An image-only model can at best guess, so a
 model that reads the text wins, and ``test/dice_swapped_text`` falls when the text is swapped.
 
+Each kind is worded in several ways (templates with the clauses in different orders, synonyms for the
+lesion, the lung and the size), and each sample also carries its kind (``category``) and the target's
+key words alone (``text_short``), for the alternative-text and per-category Dice of ``langseg test``.
+
 Sides follow the radiological convention of a chest X-ray shown in PA view: the patient's *left* is
 on the *right* of the image. A horizontal flip therefore changes the meaning of the text.
 """
@@ -113,6 +117,10 @@ def _size_reference(lesions: list[Lesion], largest: bool) -> Reference:
     return Reference("size", [chosen], {"zone": chosen[0], "size": size}, f"{size} lesion")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{NUMBERS[n]} {noun if n == 1 else NOUN_PLURALS[noun]}"
+
+
 def _wording(ref: Reference, rng: np.random.Generator | None) -> str:
     """The text of ``ref``: a template, noun, word for "lung" and size word drawn from ``rng``, or the
     canonical wording (each kind's first template and words) when ``rng`` is None."""
@@ -129,10 +137,6 @@ def _wording(ref: Reference, rng: np.random.Generator | None) -> str:
     }
     text = template.format(**words)
     return text[0].upper() + text[1:]
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{NUMBERS[n]} {noun if n == 1 else NOUN_PLURALS[noun]}"
 
 
 def _sample(image: np.ndarray, ref: Reference, rng: np.random.Generator | None) -> ReferringSample:
