@@ -73,13 +73,14 @@ LUNG_WORDS = ("lung", "lung field")
 SIZE_WORDS = {"largest": ("largest", "biggest"), "smallest": ("smallest", "tiniest")}
 BOTH_SIDES = ("bilateral pulmonary infection", "infection of both lungs")
 # Several phrasings per kind, with the clauses in different orders; the first is the canonical wording.
+# Every wording stays within 16 tokens of the packaged MiniLM tokenizer (configs/lvit.yaml keeps 16).
 TEMPLATES = {
     "zone": ("One {noun} in the {zone} {lung}.", "{zone} {lung}: one {noun}.",
              "The {zone} {lung} shows one {noun}.", "A single {noun}, {zone} {lung}."),
-    "side": ("Unilateral infection, {count}, {side} {lung}.", "{count} in the {side} {lung}, unilateral.",
-             "{side} {lung} only: {count}.", "Infection limited to the {side} {lung}, {count}."),
-    "all": ("All lesions: {where}, {count}.", "{count} in total, {where}: all of them.",
-            "Every {noun}: {where}, {count}.", "{where}, {count}; segment them all."),
+    "side": ("Unilateral infection, {count}, {side} lung.", "{count} in the {side} {lung} only.",
+             "{side} {lung} only: {count}.", "Infection of the {side} {lung} alone: {count}."),
+    "all": ("All lesions: {where}, {count}.", "{count} in total: {where}.", "Every {noun}, {where}.",
+            "{where}: all {count}."),
     "size": ("The {size} {noun}, in the {zone} {lung}.", "{zone} {lung}: the {size} {noun}.",
              "Only the {size} {noun} ({zone} {lung}).", "The {size} of the {nouns}, {zone} {lung}."),
 }
@@ -132,7 +133,7 @@ def _wording(ref: Reference, rng: np.random.Generator | None) -> str:
     both = BOTH_SIDES[picks[3] % 2]
     words = {
         "noun": noun, "nouns": NOUN_PLURALS[noun], "lung": lung, "zone": ref.facts.get("zone", ""), "side": side,
-        "count": _count(len(ref.chosen), noun), "where": f"infection of the {side} {lung}" if side else both,
+        "count": _count(len(ref.chosen), noun), "where": f"infection of the {side} lung" if side else both,
         "size": SIZE_WORDS[ref.facts["size"]][picks[3] % 2] if "size" in ref.facts else "",
     }
     text = template.format(**words)

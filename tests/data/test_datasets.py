@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,20 @@ def test_synthetic_texts_vary_in_wording_and_are_deterministic():
     assert all(w in words for w in ("opacit", "consolidation", "infected area", "lesion", "lung field", "biggest"))
     assert {s.text_short for s in samples if s.category == "all"} == {"all lesions"}
     assert all(s.text_short.split()[0] in s.text.lower() for s in samples if s.category in ("zone", "side"))
+
+
+def test_every_synthetic_wording_fits_the_shortest_text_length_of_a_quick_config():
+    import yaml
+    from transformers import AutoTokenizer
+
+    from langseg.blocks.text_encoder import resolve_text_encoder_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder_path("minilm"))
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    shortest = min(yaml.safe_load(path.read_text())["model"]["init_args"].get("max_text_length", 32)
+                   for path in configs.glob("*.yaml") if not path.stem.endswith("_paper"))
+    texts = {make_referring_sample(16, np.random.default_rng([0, 0, i])).text for i in range(3000)}
+    assert len(texts) > 500 and max(len(tokenizer(t)["input_ids"]) for t in texts) <= shortest
 
 
 def test_referring_variants_are_every_text_of_the_sampled_film():
