@@ -136,3 +136,18 @@ def test_segment_image_prepares_a_film_as_the_training_data(generic_folder, one_
 def test_bad_pipeline_options_name_the_field(generic_folder, options, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         ImageTextMaskDataModule(str(generic_folder), **options)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--data.intensity", "minmax"], "--data.init_args.intensity: Expected a typing.Literal['unit', 'zscore', 'histogram']. "
+                                     "Got value: minmax"),
+    (["--data.zoom", "[1.2, 0.9]"], "data.zoom=(1.2, 0.9); expected [min, max] with 0 < min <= max, e.g. [0.95, 1.2]"),
+    (["--data.zoom_p", "2"], "data.zoom_p=2.0; expected a probability in [0, 1]"),
+])
+def test_bad_pipeline_options_are_one_line_from_the_command_line(generic_folder, tmp_path, capsys, args, expected):
+    from tests.test_cli_faults import UNET, run_main, the_error, written_files
+
+    line = the_error(*run_main("fit", "--config", UNET, "--data", "langseg.data.ImageTextMaskDataModule", "--data.root",
+                               generic_folder, *args, cwd=tmp_path, capsys=capsys)[::2])
+    assert line == f"langseg: error: {expected}"
+    assert written_files(tmp_path / "runs") == []  # refused before anything is written
