@@ -151,3 +151,19 @@ def test_bad_pipeline_options_are_one_line_from_the_command_line(generic_folder,
                                generic_folder, *args, cwd=tmp_path, capsys=capsys)[::2])
     assert line == f"langseg: error: {expected}"
     assert written_files(tmp_path / "runs") == []  # refused before anything is written
+
+
+def test_official_pipeline_matches_monai_where_monai_is_installed():
+    """The official code runs MONAI on the raw 0-255 pixels; langseg on [0, 1]: the same up to float round-off."""
+    transforms = pytest.importorskip("monai.transforms")
+    from langseg.data.datasets import prepare_image
+
+    pixels = (np.random.default_rng(0).random((150, 230, 3)) ** 2 * 255).astype(np.uint8)
+    raw = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)
+    official = torch.as_tensor(np.asarray(transforms.Resize((224, 224), mode="bicubic")(raw)))
+    ours = prepare_image(pixels, 224, 3, resize="bicubic")
+    assert torch.allclose(ours * 255, official, atol=1e-3)
+    zscored = torch.as_tensor(np.asarray(transforms.NormalizeIntensity(channel_wise=True)(official.clone())))
+    assert torch.allclose(zscore(ours), zscored, atol=1e-4)
+    equalised = torch.as_tensor(np.asarray(transforms.HistogramNormalize()(official.clone())))
+    assert torch.allclose(equalize_histogram(ours), equalised, atol=0.01)
