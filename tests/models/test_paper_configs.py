@@ -84,3 +84,6 @@ def test_paper_config_prepares_the_data_as_the_official_code(config, intensity, 
     with torch.no_grad():
         logits = cli.model.segment(batch["image"], batch["text"])["logits"]
     assert logits.shape == (4, 1, 64, 64) and torch.isfinite(logits).all()
+    mosmed = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
+                        "--data", "configs/data/mosmed.yaml"], run=False).datamodule
+    assert mosmed.root.name == "mosmedplus" and mosmed.preprocessing() == {**dm.preprocessing(), "image_size": 224}
