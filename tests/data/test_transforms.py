@@ -167,3 +167,34 @@ def test_official_pipeline_matches_monai_where_monai_is_installed():
     assert torch.allclose(zscore(ours), zscored, atol=1e-4)
     equalised = torch.as_tensor(np.asarray(transforms.HistogramNormalize()(official.clone())))
     assert torch.allclose(equalize_histogram(ours), equalised, atol=0.01)
+
+
+def test_a_model_trained_with_the_official_pipeline_predicts_with_it(generic_folder, tmp_path, capsys):
+    """fit with bicubic + zscore + zoom records the pipeline in the checkpoint; ``predict --image`` applies it."""
+    import langseg
+    from tests.test_cli_faults import UNET, run_main
+
+    code, _, err = run_main("fit", "--config", UNET, "--data", "langseg.data.ImageTextMaskDataModule", "--data.root",
+                            generic_folder, "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers",
+                            "0", "--data.resize", "bicubic", "--data.intensity", "zscore", "--data.zoom", "[0.95, 1.2]",
+                            "--data.zoom_p", "0.5", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar",
+                            "false", "--trainer.default_root_dir", "fit", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    ckpt = tmp_path / "fit" / "version_0" / "checkpoints" / "last.ckpt"
+    model = langseg.load(ckpt)
+    assert (model.preprocessing["resize"], model.preprocessing["intensity"]) == ("bicubic", "zscore")
+    film = generic_folder / "images" / "test_0.png"
+    code, _, err = run_main("predict", "--ckpt_path", ckpt, "--image", film, "--output", "new", cwd=tmp_path,
+                            capsys=capsys)
+    assert code == 0, err[-2000:]
+    resized = F.interpolate(_pixels(generic_folder, "test")[None], size=(32, 32), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        logits = model.segment(zscore(resized[0])[None])["logits"]
+    expected = F.interpolate(torch.sigmoid(logits), size=(40, 40), mode="bilinear")[0, 0] > model.hparams.threshold
+    written = np.asarray(Image.open(tmp_path / "new" / "masks" / "test_0.png")) > 0
+    assert np.array_equal(written, expected.numpy())
+    seen = []
+    segment = model.segment
+    model.segment = lambda image, texts=None: seen.append(image) or segment(image, texts)
+    assert np.array_equal(model.segment_image(film), written)
+    assert torch.allclose(seen[0], zscore(resized[0])[None], atol=1e-5)  # the model's input, not only its mask
