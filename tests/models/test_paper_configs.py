@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from langseg.blocks.augmentation import JointAugmentation
+from langseg.data.transforms import equalize_histogram, zscore
 from langseg.lightning_cli import build_cli
 from tests.hf_folders import write_convnext_folder, write_cxr_bert_folder
 
@@ -57,3 +62,28 @@ def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tm
     assert {"t2v", "v2t", "ccl"} <= set(losses) and torch.isfinite(losses["loss"])
     with torch.no_grad():
         assert model.eval().segment(image, texts)["logits"].shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("config, intensity", [("guidedecoder_paper", "histogram"), ("himix_paper", "zscore")])
+def test_paper_config_prepares_the_data_as_the_official_code(config, intensity, generic_folder, monkeypatch,
+                                                             one_thread):
+    monkeypatch.chdir(REPO)
+    cli = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
+                     "--data.init_args.root", str(generic_folder), "--data.init_args.image_size", "64",
+                     "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"], run=False)
+    dm = cli.datamodule
+    assert (dm.preprocessing()["resize"], dm.preprocessing()["intensity"], dm.zoom, dm.zoom_p) == (
+        "bicubic", intensity, (0.95, 1.2), 0.1)
+    dm.setup("fit")
+    assert isinstance(dm.dataset("train").augmentation, JointAugmentation) and dm.dataset("val").augmentation is None
+    film = np.asarray(Image.open(dm.dataset("val").rows[0]["image"]), np.float32) / 255  # gray, 40x40
+    pixels = F.interpolate(torch.from_numpy(film).expand(1, 3, -1, -1), size=(64, 64), mode="bicubic")[0]
+    expected = equalize_histogram(pixels) if intensity == "histogram" else zscore(pixels)
+    assert torch.allclose(dm.dataset("val")[0]["image"], expected, atol=1e-5)
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        logits = cli.model.segment(batch["image"], batch["text"])["logits"]
+    assert logits.shape == (4, 1, 64, 64) and torch.isfinite(logits).all()
+    mosmed = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
+                        "--data", "configs/data/mosmed.yaml"], run=False).datamodule
+    assert mosmed.root.name == "mosmedplus" and mosmed.preprocessing() == {**dm.preprocessing(), "image_size": 224}
