@@ -16,7 +16,10 @@ from benchmarks.common import machine
 from benchmarks.himix_figures import bert_base_like_folder, cost_row
 from benchmarks.reclmis_figures import complexity
 from langseg.models import GuideDecoder, HiMix
+from langseg.blocks.text_encoder import TextFeatures
 from langseg.models.lsms import LSMSNet
+from langseg.models.reclmis import RecLMISNet
+from langseg.files import atomic_write_text
 from langseg.profiling import count_macs, count_parameters
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "reproduction.md"
@@ -29,6 +32,17 @@ def lsms_row(label: str, size: int = 480, **kwargs) -> str:
     params = count_parameters(net) / 1e6
     return (f"| {label} | {size}² | 8.78 M / 8.91 G | none released | {params:.2f} M ({params / 8.78 - 1:+.1%}) / "
             f"{macs:.2f} G ({macs / 8.91 - 1:+.1%}) |")
+
+
+def reclmis_official_inference(size: int = 224) -> tuple[float, float]:
+    """Inference parameters (M) and FLOPs (G) of ``configs/reclmis_official.yaml``'s network with the official
+    text encoder's shape (CLIP ViT-B/32 text tower: 18 tokens of 512-d), on one ``size`` x ``size`` RGB image."""
+    net = RecLMISNet(3, 512, widths=(64, 128, 256, 512, 512), num_heads=4, mlp_ratio=2.0, recon_depth=4,
+                     interaction="official").eval()
+    tokens = torch.randn(1, 18, 512)
+    text = TextFeatures(tokens=tokens, mask=torch.ones(1, 18, dtype=torch.bool), sentence=tokens[:, 0])
+    macs = count_macs(lambda: net(torch.randn(1, 3, size, size), text)) / 1e9
+    return sum(p.numel() for p in net.inference_parameters()) / 1e6, macs
 
 
 def main() -> None:
@@ -47,18 +61,23 @@ def main() -> None:
         lines.append(cost_row("HiMix, himix_paper (ffn official, unshifted FFT)",
                               HiMix(text_encoder=bert, ffn="official", centred_fft=False), 224))
     _, reclmis = complexity(224)
+    official_params, official_flops = reclmis_official_inference(224)
     lines += ["", "## RecLMIS (224², text encoder excluded)", "",
               "| graph | paper | official code | langseg (reclmis_paper) |", "|---|---|---|---|",
               f"| inference | 23.7 M / 24.1 G | 17.66 M / 23.78 G | {reclmis['inf_params']:.2f} M / "
               f"{reclmis['inf_flops']:.2f} G |",
               f"| training | 74.2 M / 36.62 G | 69.44 M / 28.7 G | {reclmis['train_params']:.2f} M / "
               f"{reclmis['train_flops']:.2f} G |",
+              f"| inference, `interaction: official` (configs/reclmis_official.yaml, 512-d CLIP text) | 23.7 M / "
+              f"24.1 G | 17.66 M / 23.78 G | {official_params:.2f} M / {official_flops:.2f} G |",
+              "", "The official inference count includes the PLAM `conv_sig` layers (0.35 M) that its forward pass never "
+              "calls and langseg does not build (`langseg convert --from reclmis` drops them).",
               "", "## LSMS image-only (480², Table II)", "",
               "| model | input | paper | official code | langseg |", "|---|---|---|---|---|",
               lsms_row("decoder at H/4 (Eq. 11), FFN ratio 2 (the model's default)"),
               lsms_row("lsms_paper: decoder at H/8, FFN ratios 2/4/2/2", align_stage=1, mlp_ratios=(2, 4, 2, 2))]
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    atomic_write_text(OUT, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -91,9 +91,11 @@ def tools_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default="results/compare", help="folder for comparison.{md,json,png} and the runs")
     cmp.add_argument("overrides", nargs=argparse.REMAINDER,
                      help="after --: CLI arguments applied to every config, e.g. -- --trainer.max_epochs 2")
-    cv = sub.add_parser("convert", help="an official GuideDecoder/HiMix checkpoint as a langseg checkpoint")
-    cv.add_argument("--from", dest="method", choices=["guidedecoder", "himix"], required=True, help="official code")
-    cv.add_argument("checkpoint", help="the official checkpoint (.ckpt of the official Lightning wrapper)")
+    cv = sub.add_parser("convert", help="an official GuideDecoder/HiMix/RecLMIS checkpoint as a langseg checkpoint")
+    cv.add_argument("--from", dest="method", choices=["guidedecoder", "himix", "reclmis"], required=True,
+                    help="official code")
+    cv.add_argument("checkpoint", help="the official checkpoint (GuideDecoder/HiMix: the official Lightning "
+                    "wrapper's .ckpt; RecLMIS: best_model-RecLMIS.pth.tar)")
     cv.add_argument("--config", required=True, help="the langseg config whose network receives the weights")
     cv.add_argument("--output", required=True, help="the langseg checkpoint to write (for --ckpt_path)")
     cv.add_argument("overrides", nargs="*", help="after --: options of the config's model, e.g. -- "

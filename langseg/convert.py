@@ -1,4 +1,4 @@
-"""Official GuideDecoder and HiMix checkpoints as langseg checkpoints (``langseg convert``).
+"""Official GuideDecoder, HiMix and RecLMIS checkpoints as langseg checkpoints (``langseg convert``).
 
 Each official tensor is renamed onto the network langseg builds from a config; every langseg tensor must get one
 and every official tensor must land or be one the official forward pass never reads (listed in ``DROPPED``).
@@ -9,6 +9,11 @@ Key names and shapes come from the official module definitions:
   ``GuideDecoder``), ``engine/wrapper.py`` (the Lightning wrapper's ``model.`` prefix);
 - HiMix, JaeyoonSSim/HiMix: ``utils/model_himix.py`` (``HiMix``, ``attention_weights``), ``utils/layers_himix.py``
   (``DecoderLayer``, ``Decoder``), ``engine/wrapper.py``;
+- RecLMIS, ShawnHuang497/RecLMIS: ``nets/RecLMIS.py`` (``RecLMIS``: ``inc``, ``down1-4``, ``up4-1``, ``outc``,
+  ``text_module4``, ``mlp_visual``, ``mlp_woi``, ``rec_img_trans1``, ``rec_text_trans1``, ``clip``),
+  ``nets/Interactor.py`` (``Interactor``: ``embeddings``, ``attn_text``, ``attn_img``, ``CTBN``), LViT's
+  ``nets/pixlevel.py`` (``PixLevelModule``), ``train_model.py`` (``best_model-RecLMIS.pth.tar``: ``state_dict``,
+  ``module.`` under ``nn.DataParallel``);
 - MONAI's ``UnetrUpBlock``, ``SubpixelUpsample`` and ``UnetOutBlock`` (their ``state_dict`` names) and Hugging
   Face's ``ConvNextModel`` (``langseg.weights``).
 """
@@ -28,8 +33,8 @@ from langseg.errors import ConfigError
 from langseg.files import atomic_torch_save
 from langseg.weights import hf_convnext_key
 
-METHODS = ("guidedecoder", "himix")
-MODEL_CLASSES = {"guidedecoder": "GuideDecoder", "himix": "HiMix"}
+METHODS = ("guidedecoder", "himix", "reclmis")
+MODEL_CLASSES = {"guidedecoder": "GuideDecoder", "himix": "HiMix", "reclmis": "RecLMIS"}
 POSITION_TABLE = r"decoder\d+\.guide_layer\.(vis_pos|txt_pos)\.pe$"
 STAGES = {"decoder16": 0, "decoder8": 1, "decoder4": 2}  # official decoder stage -> langseg stage (coarse first)
 # tensors the official forward pass never reads into the mask, or that langseg does not keep in the network
@@ -48,6 +53,22 @@ GUIDE_LAYER = {"text_project.0": "text_proj.tokens.0", "text_project.2": "text_p
 GUIDEDECODER_ONLY = {"scale": "scale"}
 HIMIX_ONLY = {"sig": "refine.sigma", "lin1": "ffn.0", "lin2": "ffn.3"}  # ffn="official": Linear, ReLU, Dropout, Linear
 HIMIX_SCALES = {"scale1": 0, "scale2": 1, "scale3": 2}  # three scalars -> one (3,) parameter
+RECLMIS_DROPPED = {
+    r"clip\.": "the frozen CLIP model (langseg loads its text tower from --model.text_encoder; its logit scale, "
+                "100, is ccl_temperature 0.01)",
+    r"up\d\.pixModule\.conv_sig\.": "PixLevelModule.conv_sig, defined but never called",
+    r"rec_(img|text)_trans1\.": "the training-only reconstructors (causal self-attention, post-norm), which langseg "
+                               "does not build; they never run at inference",
+}
+RECLMIS_UNFILLED = ("vision_reconstructor.", "text_reconstructor.")  # langseg's own: keep their initial values
+RECLMIS_INTERACTION = {"text_module4": "fusion.text_proj", "interact.embeddings.patch_embeddings": "fusion.patch_embed",
+                       "interact.embeddings.position_embeddings": "fusion.position",
+                       "interact.attn_text": "fusion.text_attn", "interact.attn_img": "fusion.vision_attn",
+                       "interact.CTBN.conv": "text_out.0", "interact.CTBN.norm": "text_out.1",
+                       "mlp_visual": "poi_head", "mlp_woi": "woi_head"}
+PLAM = {"pixModule.conv_avg": "plam.avg_proj", "pixModule.conv_max": "plam.max_proj",
+        "pixModule.bottleneck.0": "plam.mlp.0", "pixModule.bottleneck.2": "plam.mlp.2"}
+CONV_BN = {"conv": "0", "norm": "1"}  # ConvBatchNorm -> ConvNormAct
 
 
 def _by_longest_prefix(table: Mapping[str, str], name: str) -> str | None:
@@ -59,9 +80,39 @@ def _by_longest_prefix(table: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def reclmis_key(name: str) -> str | None:
+    """The langseg ``RecLMISNet`` key (``interaction: official``) of one official RecLMIS tensor; None for a tensor
+    in ``RECLMIS_DROPPED``. Raises ``KeyError`` on an unknown name."""
+    if any(re.match(pattern, name) for pattern in RECLMIS_DROPPED):
+        return None
+    if name.startswith(("inc.conv.", "inc.norm.")):
+        part, rest = name.split(".", 2)[1:]
+        return f"encoder.stem.{CONV_BN[part]}.{rest}"
+    if name.startswith("outc."):
+        return name.replace("outc.", "decoder.head.", 1)
+    match = re.match(r"(down|up)([1-4])\.(.+)$", name)
+    if match is None:
+        key = _by_longest_prefix(RECLMIS_INTERACTION, name)
+        if key is None:
+            raise KeyError(name)
+        return f"interaction.{key}"
+    kind, index, rest = match[1], int(match[2]), match[3]
+    block = f"encoder.stages.{index - 1}.1" if kind == "down" else f"decoder.blocks.{4 - index}.convs"
+    convs = re.match(r"nConvs\.(\d+)\.(conv|norm)\.(.+)$", rest)
+    if convs is not None:
+        return f"{block}.{convs[1]}.{CONV_BN[convs[2]]}.{convs[3]}"
+    key = _by_longest_prefix(PLAM, rest) if kind == "up" else None
+    if key is None:
+        raise KeyError(name)
+    return f"decoder.blocks.{4 - index}.{key}"
+
+
 def official_key(method: str, name: str) -> tuple[str, int | None] | None:
     """The langseg network key (and element index, for HiMix's three residual scales) of one official tensor
     (``model.`` prefix removed); None for a tensor in ``DROPPED``. Raises ``KeyError`` on an unknown name."""
+    if method == "reclmis":
+        key = reclmis_key(name)
+        return None if key is None else (key, None)
     if any(re.match(pattern, name) for pattern in DROPPED):
         return None
     if name.startswith("encoder.model."):
@@ -96,7 +147,8 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
     """``official`` (an official network's state dict) as ``target``'s keys (a langseg network's state dict).
 
     Raises ``ConfigError`` naming the tensor when an official tensor is unknown, has no place or another shape,
-    or when a langseg tensor gets no official value."""
+    or when a langseg tensor gets no official value (RecLMIS: except langseg's reconstructors, ``RECLMIS_UNFILLED``,
+    which the result leaves out)."""
     if method not in METHODS:
         raise ConfigError(f"cannot convert '{method}' checkpoints: choose one of {list(METHODS)}")
     out: dict[str, Tensor] = {}
@@ -113,20 +165,24 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
         key, index = mapped
         if key not in target:
             raise ConfigError(f"{source}: '{name}' maps to '{key}', which the configured network does not have "
-                              f"(check the config's switches, e.g. --model.ffn official for HiMix)")
+                              f"(check the config's switches, e.g. --model.ffn official for HiMix, "
+                              f"--model.interaction official for RecLMIS)")
         if index is not None:
             out.setdefault(key, target[key].detach().clone())[index] = value
             partial.setdefault(key, set()).add(index)
             continue
-        if value.shape != target[key].shape and key.startswith("encoder.") and value.numel() == target[key].numel():
-            value = value.reshape(target[key].shape)  # HF ConvNeXt Linear -> timm conv_mlp 1x1 conv
+        shape = target[key].shape
+        if value.shape != shape and value.shape == shape[:value.dim()] and all(d == 1 for d in shape[value.dim():]):
+            value = value.reshape(shape)  # a Linear's weight -> a 1x1 conv's (HF ConvNeXt MLP, LViT's PLAM)
         if value.shape != target[key].shape:
             raise ConfigError(f"{source}: '{name}' has shape {tuple(value.shape)}, langseg's '{key}' "
                               f"{tuple(target[key].shape)}: build the network of the same size (text encoder "
-                              f"width, encoder_name, max_text_length, text_tokens; HiMix: --model.ffn official)")
+                              f"width, encoder_name, max_text_length, text_tokens; HiMix: --model.ffn official; "
+                              f"RecLMIS: widths, position_grid)")
         out[key] = value
     incomplete = [k for k, seen in partial.items() if len(seen) != target[k].numel()]
-    missing = sorted(set(target) - set(out)) + incomplete
+    unfilled = RECLMIS_UNFILLED if method == "reclmis" else ()
+    missing = sorted(k for k in set(target) - set(out) if not k.startswith(unfilled)) + incomplete
     if missing:
         raise ConfigError(f"{source}: no official tensor for langseg's {missing[:4]}"
                           f"{' ...' if len(missing) > 4 else ''} ({len(missing)} in all): the config builds another "
@@ -193,8 +249,9 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"official checkpoint '{path}' holds no state dict of tensors")
-    if all(k.startswith("model.") for k in state):
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+    for prefix in ("model.", "module."):  # the Lightning wrapper's, nn.DataParallel's
+        if all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 
@@ -209,7 +266,7 @@ def convert_checkpoint(method: str, official_path: str | Path, model: nn.Module,
     frozen_text = model.text_encoder is not None and model.text_encoder.frozen  # reloaded from its folder
     skip = ("net.", "text_encoder.") if frozen_text else ("net.",)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
-    state.update({f"net.{k}": v for k, v in net_state.items()})
+    state.update({f"net.{k}": v for k, v in {**model.net.state_dict(), **net_state}.items()})
     checkpoint = {"state_dict": state, "langseg_model": type(model).__name__,
                   "pytorch-lightning_version": lightning.__version__,
                   "langseg_converted_from": {"method": method, "file": str(official_path)}}

@@ -5,6 +5,7 @@ The official state dicts are built here from the official module definitions (na
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -162,4 +163,119 @@ def test_convert_command_writes_a_checkpoint_that_langseg_test_accepts(folders, 
           "--data", "configs/data/synthetic.yaml", "--data.init_args.num_test", "4", "--data.init_args.batch_size", "4",
           "--data.init_args.num_workers", "0", "--trainer.default_root_dir", str(tmp_path / "runs"),
           "--trainer.enable_progress_bar", "false"])
+    assert "test/dice" in capsys.readouterr().out
+
+
+RECLMIS_WIDTHS, RECLMIS_GRID, RECLMIS_DEPTH = (4, 8, 16, 32, 32), 4, 2
+
+
+def _conv_bn(prefix: str, c_in: int, c_out: int) -> dict[str, tuple]:
+    """The official ``ConvBatchNorm``: ``conv`` (3x3, bias) and ``norm`` (BatchNorm2d)."""
+    return {f"{prefix}.conv.weight": (c_out, c_in, 3, 3), f"{prefix}.conv.bias": (c_out,),
+            **{f"{prefix}.norm.{k}": v for k, v in _batch_norm(c_out).items()}}
+
+
+def official_reclmis_shapes(widths: tuple[int, ...], in_channels: int, text_dim: int, grid: int,
+                            depth: int) -> dict[str, tuple]:
+    """Names and shapes of the official ``RecLMIS`` state dict (``nets/RecLMIS.py``, ``nets/Interactor.py``, LViT's
+    ``PixLevelModule``, ``nets/transformer/``), at ``widths`` (``base_channel`` x 1, 2, 4, 8, 8 officially)."""
+    c = widths[-1]
+    shapes = _conv_bn("inc", in_channels, widths[0])
+    for i in range(1, 5):  # down1-4: max-pool, two ConvBatchNorm
+        shapes |= _conv_bn(f"down{i}.nConvs.0", widths[i - 1], widths[i]) | _conv_bn(f"down{i}.nConvs.1",
+                                                                                     widths[i], widths[i])
+    c_in = widths[4]
+    for k, skip in zip((4, 3, 2, 1), (3, 2, 1, 0)):  # up4-1: PixLevelModule on the skip, two ConvBatchNorm
+        c_out, s = widths[max(skip - 1, 0)], widths[skip]
+        shapes |= {f"up{k}.pixModule.conv_avg.weight": (s, s, 1, 1), f"up{k}.pixModule.conv_max.weight": (s, s, 1, 1),
+                   f"up{k}.pixModule.bottleneck.0.weight": (6, 3), f"up{k}.pixModule.bottleneck.0.bias": (6,),
+                   f"up{k}.pixModule.bottleneck.2.weight": (1, 6), f"up{k}.pixModule.bottleneck.2.bias": (1,),
+                   f"up{k}.pixModule.conv_sig.0.weight": (s, s, 1, 1), f"up{k}.pixModule.conv_sig.0.bias": (s,)}
+        shapes |= _conv_bn(f"up{k}.nConvs.0", c_in + s, c_out) | _conv_bn(f"up{k}.nConvs.1", c_out, c_out)
+        c_in = c_out
+    shapes |= {"outc.weight": (1, widths[0], 1, 1), "outc.bias": (1,), "text_module4.weight": (c, text_dim, 3),
+               "text_module4.bias": (c,), "interact.embeddings.patch_embeddings.weight": (c, c, 1, 1),
+               "interact.embeddings.patch_embeddings.bias": (c,),
+               "interact.embeddings.position_embeddings": (1, grid * grid, c),
+               "interact.CTBN.conv.weight": (c, c, 3), "interact.CTBN.conv.bias": (c,),
+               **{f"interact.CTBN.norm.{k}": v for k, v in _batch_norm(c).items()},
+               **{f"interact.{a}.{k}": v for a in ("attn_text", "attn_img") for k, v in _attention(c).items()},
+               **{f"{m}.{k}": v for m in ("mlp_visual", "mlp_woi") for k, v in
+                  {"0.weight": (c, c), "0.bias": (c,), "2.weight": (1, c), "2.bias": (1,)}.items()},
+               "clip.logit_scale": (), "clip.token_embedding.weight": (50, text_dim),
+               "clip.positional_embedding": (77, text_dim)}
+    layer = {**{f"{a}.{k}": v for a in ("self_attn", "encoder_attn") for k, v in _attention(c).items()},
+             **{f"{n}.{k}": (c,) for n in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")
+                for k in ("weight", "bias")},
+             "fc1.weight": (2 * c, c), "fc1.bias": (2 * c,), "fc2.weight": (c, 2 * c), "fc2.bias": (c,)}
+    for rec in ("rec_img_trans1", "rec_text_trans1"):  # DualTransformer: two TransformerDecoder stacks
+        shapes |= {f"{rec}.decoder{d}.decoder_layers.{j}.{k}": v for d in (1, 2) for j in range(depth)
+                   for k, v in layer.items()}
+    return shapes
+
+
+def official_reclmis_state(text_dim: int, in_channels: int = 3) -> dict[str, torch.Tensor]:
+    shapes = official_reclmis_shapes(RECLMIS_WIDTHS, in_channels, text_dim, RECLMIS_GRID, RECLMIS_DEPTH)
+    return {k: torch.tensor(5) if k.endswith("num_batches_tracked") else torch.randn(v) for k, v in shapes.items()}
+
+
+def test_every_official_reclmis_tensor_lands_and_only_the_reconstructors_are_left_out(tmp_path):
+    from langseg.models import RecLMIS
+
+    official = official_reclmis_state(text_dim=32)
+    model = RecLMIS(text_encoder="tiny", in_channels=3, widths=RECLMIS_WIDTHS, num_heads=4, interaction="official",
+                    position_grid=RECLMIS_GRID, recon_depth=RECLMIS_DEPTH)
+    target = model.net.state_dict()
+    converted = convert_state_dict("reclmis", official, target)
+    assert set(target) - set(converted) == {k for k in target if k.startswith(("vision_reconstructor.",
+                                                                                 "text_reconstructor."))}
+    landed = 0
+    for name, value in official.items():
+        mapped = official_key("reclmis", name)
+        if mapped is not None:
+            assert torch.equal(converted[mapped[0]], value.reshape(target[mapped[0]].shape)), name
+            landed += 1
+    assert landed == len(converted)
+    dropped = {re.sub(r"\.(decoder\d|\d|weight|bias|token_embedding|positional_embedding|logit_scale).*", "", k)
+               for k in official if official_key("reclmis", k) is None}
+    assert dropped == {"clip", "rec_img_trans1", "rec_text_trans1", "up1.pixModule.conv_sig", "up2.pixModule.conv_sig",
+                       "up3.pixModule.conv_sig", "up4.pixModule.conv_sig"}
+    model.net.load_state_dict({**target, **converted})
+    assert torch.equal(model.net.interaction.fusion.position, official["interact.embeddings.position_embeddings"])
+    with pytest.raises(ConfigError, match="'interact.attn_txt.in_proj_weight' is not a tensor of the official reclmis"):
+        convert_state_dict("reclmis", {**official, "interact.attn_txt.in_proj_weight": torch.zeros(1)}, target)
+    paper = RecLMIS(text_encoder="tiny", in_channels=3, widths=RECLMIS_WIDTHS, num_heads=4).net.state_dict()
+    with pytest.raises(ConfigError, match="'text_module4.weight' maps to.*--model.interaction official"):
+        convert_state_dict("reclmis", official, paper)
+    with pytest.raises(ConfigError, match=r"no official tensor for langseg's \['interaction.fusion.position'\]"):
+        convert_state_dict("reclmis", {k: v for k, v in official.items()
+                                       if k != "interact.embeddings.position_embeddings"}, target)
+
+
+def test_convert_from_reclmis_writes_a_checkpoint_that_langseg_test_accepts(tmp_path, monkeypatch, capsys,
+                                                                            one_thread):
+    from tests.hf_folders import write_clip_folder
+
+    clip = write_clip_folder(tmp_path / "clip-vit-base-patch32")
+    official = official_reclmis_state(clip.config.hidden_size)
+    torch.save({"epoch": 3, "best_model": True, "model": "RecLMIS", "val_loss": 0.4,
+                "state_dict": {f"module.{k}": v for k, v in official.items()}},  # saved from nn.DataParallel
+               tmp_path / "best_model-RecLMIS.pth.tar")
+    monkeypatch.chdir(REPO)
+    model_args = ["--model.text_encoder", str(tmp_path / "clip-vit-base-patch32"), "--model.widths",
+                  str(list(RECLMIS_WIDTHS)), "--model.position_grid", str(RECLMIS_GRID), "--model.recon_depth",
+                  str(RECLMIS_DEPTH)]
+    out = tmp_path / "model.ckpt"
+    main(["convert", "--from", "reclmis", str(tmp_path / "best_model-RecLMIS.pth.tar"), "--config",
+          "configs/reclmis_official.yaml", "--output", str(out), "--", *model_args])
+    assert f"wrote {out}" in capsys.readouterr().out
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert torch.equal(state["net.interaction.fusion.text_attn.in_proj_weight"],
+                       official["interact.attn_text.in_proj_weight"])
+    assert torch.equal(state["net.decoder.blocks.0.plam.mlp.0.weight"][..., 0, 0],
+                       official["up4.pixModule.bottleneck.0.weight"])
+    main(["test", "--config", "configs/reclmis_official.yaml", "--ckpt_path", str(out), *model_args,
+          "--data", "configs/data/synthetic.yaml", "--data.init_args.in_channels", "3", "--data.init_args.num_test",
+          "4", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.precision", "32",
+          "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"])
     assert "test/dice" in capsys.readouterr().out

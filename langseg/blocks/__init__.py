@@ -1,4 +1,5 @@
 """Reusable ``nn.Module`` blocks: tensors in, tensors out, nothing about training."""
+from langseg.blocks.augmentation import JointAugmentation, PhotometricAugmentation, random_zoom
 from langseg.blocks.bridger import Bridger, interactor
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
                                         CrossAttentionLayer, TextToVisionEncoder, sample_weighted_mask)
@@ -14,8 +15,9 @@ from langseg.blocks.unet_plam import PixelLevelAttention, UNetDecoder, UNetEncod
 
 __all__ = ["NMF2D", "Bridger", "ConditionedAttention", "ConditionedInteraction", "ConditionedReconstructor", "ConvNormAct",
            "CrossAttentionLayer", "FrequencyRefinement", "FullScaleDecoder", "GuideLayer", "Hamburger",
-           "HamburgerHead", "HiMixLayer", "LanguageGuidedVisionEncoder", "LayerGroupMixer", "PixelLevelAttention",
-           "SVLAEncoderBlock", "ScaleAwareVLAttention", "SubpixelHead", "TextEncoder", "TextFeatures",
-           "TextToPseudoImage", "TextToVisionEncoder", "TextTokenProjection", "UNetDecoder", "UNetEncoder", "UpBlock",
-           "interactor", "resolve_text_encoder_path", "sample_weighted_mask", "sine_position_encoding_1d",
+           "HamburgerHead", "HiMixLayer", "JointAugmentation", "LanguageGuidedVisionEncoder", "LayerGroupMixer",
+           "PhotometricAugmentation", "PixelLevelAttention", "SVLAEncoderBlock", "ScaleAwareVLAttention",
+           "SubpixelHead", "TextEncoder", "TextFeatures", "TextToPseudoImage", "TextToVisionEncoder",
+           "TextTokenProjection", "UNetDecoder", "UNetEncoder", "UpBlock", "interactor", "random_zoom",
+           "resolve_text_encoder_path", "sample_weighted_mask", "sine_position_encoding_1d",
            "sine_position_encoding_2d"]

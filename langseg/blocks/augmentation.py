@@ -6,6 +6,8 @@ fusion's pseudo-image); otherwise the flipped mask contradicts the text.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
@@ -13,14 +15,21 @@ from torch import Tensor, nn
 
 class JointAugmentation(nn.Module):
     """One random geometric transform per sample (horizontal flip, then rotation/scale/shift), shared by the
-    image, its mask and every aligned image (stacked on the channel axis, so one draw serves all)."""
+    image, its mask and every aligned image (stacked on the channel axis, so one draw serves all).
+
+    ``resample`` interpolates the images (the mask is always resampled nearest); ``padding_mode`` fills what
+    the transform brings in from outside: ``"zeros"`` or ``"border"`` (the edge pixels repeated).
+    """
 
     def __init__(self, hflip_prob: float = 0.5, rotation_degrees: float | tuple[float, float] = 15.0,
-                 scale: tuple[float, float] = (0.9, 1.1), translate: float = 0.1, affine_prob: float = 0.5) -> None:
+                 scale: tuple[float, float] = (0.9, 1.1), translate: float = 0.1, affine_prob: float = 0.5,
+                 resample: Literal["bilinear", "bicubic"] = "bilinear",
+                 padding_mode: Literal["zeros", "border"] = "zeros") -> None:
         super().__init__()
         self.augment = K.AugmentationSequential(
             K.RandomHorizontalFlip(p=hflip_prob),
-            K.RandomAffine(degrees=rotation_degrees, translate=(translate, translate), scale=scale, p=affine_prob),
+            K.RandomAffine(degrees=rotation_degrees, translate=(translate, translate), scale=scale, p=affine_prob,
+                           resample=resample, padding_mode=padding_mode),
             data_keys=["input", "mask"])
 
     def forward(self, image: Tensor, mask: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
@@ -28,6 +37,16 @@ class JointAugmentation(nn.Module):
         stacked, mask = self.augment(stacked, mask.to(stacked.dtype))
         parts = torch.split(stacked, [image.shape[1], *(a.shape[1] for a in aligned)], 1)
         return (parts[0], mask, *parts[1:])
+
+
+def random_zoom(min_zoom: float = 0.95, max_zoom: float = 1.2, prob: float = 0.1,
+                resample: Literal["bilinear", "bicubic"] = "bilinear",
+                padding_mode: Literal["zeros", "border"] = "zeros") -> JointAugmentation:
+    """A random zoom of image and mask about the centre by a factor drawn from [min_zoom, max_zoom], with
+    probability ``prob``: the official GuideDecoder / HiMix / MMI-UNet training augmentation (MONAI's ``RandZoomd``
+    0.95-1.2 at p=0.1 resamples bicubic with edge padding: ``resample="bicubic", padding_mode="border"``)."""
+    return JointAugmentation(hflip_prob=0.0, rotation_degrees=0.0, scale=(min_zoom, max_zoom), translate=0.0,
+                             affine_prob=prob, resample=resample, padding_mode=padding_mode)
 
 
 class PhotometricAugmentation(nn.Module):

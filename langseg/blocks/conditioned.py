@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from langseg.blocks.layers import sine_position_encoding_2d
@@ -106,8 +107,8 @@ class InteractionOutput:
     """Everything the training losses need from the conditioned interaction; tokens are ``(B, N|L, C)``."""
 
     vision_out: Tensor  # V' as (B, C, H, W), fed to the decoder
-    v: Tensor  # projected patches V (B, N, C)
-    pos: Tensor  # patch position code (N, C)
+    v: Tensor  # patches V (B, N, C): projected (paper) or the encoder's own (official)
+    pos: Tensor | None  # patch position code (N, C) the reconstructor queries add (paper); None (official)
     e: Tensor  # projected words E (B, L, C)
     word_mask: Tensor  # (B, L) bool
     w_poi: Tensor | None = None  # (B, N), sums to 1 (Eq. 2)
@@ -141,6 +142,73 @@ class ConditionedInteraction(nn.Module):
         return out
 
 
+class OfficialInteractionFusion(nn.Module):
+    """The official code's fusion: ``E' = MHA(query E, key/value V)``, then ``V' = MHA(query V, key/value E')``.
+
+    Bare ``nn.MultiheadAttention`` (attention dropout 0.1; no residual, norm or MLP; padding words not masked).
+    V: the coarsest map through a 1x1 conv plus a learned position table (``grid x grid``, zero-initialised,
+    resized bicubically for other grids), dropout 0.1. E: the words through a 3-tap conv over the word axis
+    (``text_dim -> C``), padding included. Everything here runs at inference: V' needs E'.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 4, grid: int = 14, dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.grid = grid
+        self.text_proj = nn.Conv1d(text_dim, dim, 3, padding=1)
+        self.patch_embed = nn.Conv2d(dim, dim, 1)
+        self.position = nn.Parameter(torch.zeros(1, grid * grid, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.text_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.vision_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+
+    def position_table(self, height: int, width: int) -> Tensor:
+        """The learned ``(1, H*W, C)`` position table at an ``H x W`` grid."""
+        if (height, width) == (self.grid, self.grid):
+            return self.position
+        table = self.position.transpose(1, 2).reshape(1, -1, self.grid, self.grid)
+        table = F.interpolate(table, size=(height, width), mode="bicubic", align_corners=False)
+        return table.flatten(2).transpose(1, 2)
+
+    def forward(self, vision: Tensor, words: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``vision (B, C, H, W)``, ``words (B, L, text_dim)`` -> ``V' (B, N, C)``, ``E' (B, L, C)``, ``E (B, L, C)``."""
+        e = self.text_proj(words.transpose(1, 2)).transpose(1, 2)
+        v = self.patch_embed(vision).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        v = self.dropout(v + self.position_table(*vision.shape[-2:]))
+        e_prime = self.text_attn(e, v, v, need_weights=False)[0]
+        v_prime = self.vision_attn(v, e_prime, e_prime, need_weights=False)[0]
+        return v_prime, e_prime, e
+
+
+class OfficialConditionedInteraction(nn.Module):
+    """Conditioned interaction as the official RecLMIS code computes it (``interaction: official``).
+
+    ``fusion`` (``OfficialInteractionFusion``) gives V' and E'; for the training heads the words go on through
+    ``E'' = ReLU(BN(Conv1d_3(E')))``, then ``W_poi = softmax_N(MLP(V'))`` and ``W_woi = softmax_L(MLP(E''))``
+    over real words (Eq. 2-3). ``v`` in the output is the encoder's own coarsest map as tokens: the official
+    contrastive loss and reconstructors read it, not the embedded patches.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 4, grid: int = 14) -> None:
+        super().__init__()
+        self.fusion = OfficialInteractionFusion(dim, text_dim, num_heads, grid)
+        self.text_out = nn.Sequential(nn.Conv1d(dim, dim, 3, padding=1), nn.BatchNorm1d(dim), nn.ReLU())
+        self.poi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+        self.woi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+
+    def forward(self, vision: Tensor, words: Tensor, word_mask: Tensor, conditions: bool = True) -> InteractionOutput:
+        v_prime, e_prime, e = self.fusion(vision, words)
+        v = vision.flatten(2).transpose(1, 2)
+        out = InteractionOutput(v_prime.transpose(1, 2).reshape(vision.shape), v, None, e, word_mask)
+        if conditions:
+            e_out = self.text_out(e_prime.transpose(1, 2)).transpose(1, 2)  # (B, L, C)
+            out.w_poi = self.poi_head(v_prime).squeeze(-1).float().softmax(-1)
+            woi_logits = self.woi_head(e_out).squeeze(-1).float().masked_fill(~word_mask, float("-inf"))
+            out.w_woi = woi_logits.softmax(-1)
+        return out
+
+
 @torch.no_grad()
 def sample_weighted_mask(weights: Tensor, ratio: float, valid: Tensor | None = None) -> Tensor:
     """Pick ``max(1, floor(ratio * n_valid))`` positions per row without replacement, with probability ``weights``.
@@ -164,14 +232,16 @@ class ConditionedReconstructor(nn.Module):
     """Conditioned reconstructor Ψ (Eq. 7, 9): masked tokens query the other modality under its condition weights.
 
     ``depth`` conditioned transformer layers (cross-attention weighted by the condition, then an MLP), a
-    final LayerNorm and a linear head back to the feature space of the target.
+    final LayerNorm and a linear head back to the feature space of the target (width ``out_dim``, default
+    ``dim``).
     """
 
-    def __init__(self, dim: int, depth: int = 3, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, depth: int = 3, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 out_dim: int | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, out_dim or dim)
 
     def forward(self, masked: Tensor, context: Tensor, condition: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """``masked (B, Nq, C)`` (zeroed rows), ``context (B, Nk, C)``, ``condition (B, Nk)`` -> reconstruction ``(B, Nq, C)``."""

@@ -9,7 +9,9 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from langseg.blocks.augmentation import JointAugmentation, random_zoom
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
+from langseg.data.transforms import INTENSITY_MODES, RESIZE_MODES, Intensity, Resize
 from langseg.errors import ConfigError, DataError
 
 Split = Literal["train", "val", "test"]
@@ -47,6 +49,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     mean: Sequence[float] = (0.5,)  # the normalisation of every dataset here unless a subclass sets its own
     std: Sequence[float] = (0.25,)
+    resize: Resize = "bilinear"  # the input pipeline unless a subclass takes it as an option (pipeline_options)
+    intensity: Intensity = "unit"
+    zoom: tuple[float, float] | None = None
+    zoom_p: float = 0.1
 
     def __init__(self, image_size: int = 224, in_channels: int = 1, batch_size: int = 16, num_workers: int = 2,
                  swap_seed: int = 0, predict_split: Split = "test", alt_text_columns: list[str] | None = None,
@@ -67,10 +73,34 @@ class SegmentationDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self._resume: tuple[int, int] | None = None
 
+    def pipeline_options(self, resize: Resize, intensity: Intensity, zoom: Sequence[float] | None,
+                         zoom_p: float) -> None:
+        """Checks and sets the input pipeline: ``resize`` and ``intensity`` (every split and inference, see
+        ``langseg.data.transforms``) and the training-only random zoom by a factor in ``zoom`` with probability
+        ``zoom_p`` (``random_zoom``, bicubic with edge padding as MONAI's ``RandZoomd``)."""
+        for name, value, choices in (("resize", resize, RESIZE_MODES), ("intensity", intensity, INTENSITY_MODES)):
+            if value not in choices:
+                raise ConfigError(f"data.{name}={value!r}; expected one of {', '.join(choices)}")
+        if zoom is not None:
+            if (isinstance(zoom, str) or not isinstance(zoom, Sequence) or len(zoom) != 2
+                    or not all(isinstance(z, (int, float)) and not isinstance(z, bool) for z in zoom)
+                    or not 0 < zoom[0] <= zoom[1]):
+                raise ConfigError(f"data.zoom={zoom!r}; expected [min, max] with 0 < min <= max, e.g. [0.95, 1.2]")
+            zoom = (float(zoom[0]), float(zoom[1]))
+        if isinstance(zoom_p, bool) or not isinstance(zoom_p, (int, float)) or not 0 <= zoom_p <= 1:
+            raise ConfigError(f"data.zoom_p={zoom_p!r}; expected a probability in [0, 1]")
+        self.resize, self.intensity, self.zoom, self.zoom_p = resize, intensity, zoom, float(zoom_p)
+
+    def train_augmentation(self) -> JointAugmentation | None:
+        """The training split's joint image-mask augmentation: the random zoom when ``zoom`` is set."""
+        if self.zoom is None:
+            return None
+        return random_zoom(*self.zoom, prob=self.zoom_p, resample="bicubic", padding_mode="border")
+
     def preprocessing(self) -> dict[str, Any]:
         """What a model needs to prepare a new image as these data are prepared (saved in its checkpoints)."""
         return {"image_size": self.image_size, "in_channels": self.in_channels, "mean": [float(m) for m in self.mean],
-                "std": [float(s) for s in self.std]}
+                "std": [float(s) for s in self.std], "resize": self.resize, "intensity": self.intensity}
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, so that a resumed run skips the batches already seen."""
@@ -147,16 +177,25 @@ class ImageTextMaskDataModule(SegmentationDataModule):
     optional (when present, overlays outline it). Other columns are carried to every sample
     (``columns``), to the test report and to the predictions' ``predictions.csv``; ``alt_text_columns``
     and ``category_columns`` choose which drive the test protocols (see ``SegmentationDataModule``).
+
+    The input pipeline (``pipeline_options``): ``resize`` (``bilinear`` antialiased, or ``bicubic``), then for
+    training only a random zoom by a factor in ``zoom`` with probability ``zoom_p``, then ``intensity``: ``unit``
+    (``(x - mean) / std`` of the [0, 1] image), ``zscore`` (per image and channel) or ``histogram``
+    (equalised onto 0-255). The defaults are langseg's pipeline; the official HiMix code is ``bicubic``,
+    ``zscore``, zoom ``[0.95, 1.2]`` at 0.1, GuideDecoder's the same with ``histogram``.
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, train_csv: str = "train.csv", val_csv: str = "val.csv",
                  test_csv: str = "test.csv", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
                  swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None,
-                 alt_text_columns: list[str] | None = None, category_columns: list[str] | None = None) -> None:
+                 resize: Resize = "bilinear", intensity: Intensity = "unit", zoom: tuple[float, float] | None = None,
+                 zoom_p: float = 0.1, alt_text_columns: list[str] | None = None,
+                 category_columns: list[str] | None = None) -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split,
                          alt_text_columns, category_columns)
         self.save_hyperparameters()
+        self.pipeline_options(resize, intensity, zoom, zoom_p)
         self.predict_csv = predict_csv
         self.root = Path(root).expanduser()
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
@@ -166,11 +205,13 @@ class ImageTextMaskDataModule(SegmentationDataModule):
         if not self.root.is_dir():  # checked when data are needed: building a model from the config needs none
             raise DataError(f"data root '{self.root}' is not a folder; expected a folder holding "
                             f"{', '.join(self.csv_files.values())}")
+        pipeline = {"resize": self.resize, "intensity": self.intensity}
         if split == "predict":
             return ImageTextMaskDataset(self.root / self.predict_csv, self.image_size, self.in_channels, self.mean,
-                                        self.std, require_mask=False)
+                                        self.std, require_mask=False, **pipeline)
         return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
-                                    self.mean, self.std)
+                                    self.mean, self.std, **pipeline,
+                                    augmentation=self.train_augmentation() if split == "train" else None)
 
 
 class SyntheticReferringDataModule(SegmentationDataModule):

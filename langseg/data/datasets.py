@@ -7,7 +7,7 @@ import logging
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,18 +16,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from langseg.data.synthetic import make_referring_sample
-from langseg.errors import DataError
+from langseg.data.transforms import (INTENSITY_MODES, RESIZE_MODES, Intensity, Resize, normalize, normalize_intensity,
+                                     resize_image)
+from langseg.errors import ConfigError, DataError
 
 log = logging.getLogger("langseg")
 REQUIRED_COLUMNS = ("image", "mask", "text")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "predict": 3}
-
-
-def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Per-channel ``(x - mean) / std`` of a ``(C, H, W)`` image in [0, 1]; one value applies to all channels."""
-    m = torch.as_tensor(mean, dtype=image.dtype).reshape(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=image.dtype).reshape(-1, 1, 1)
-    return (image - m) / s
 
 
 def derangement(n: int, seed: int) -> list[int]:
@@ -146,9 +141,10 @@ def image_array(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     return arr[..., :3] if arr.ndim == 3 and arr.shape[-1] == 4 else arr
 
 
-def prepare_image(arr: np.ndarray, image_size: int, in_channels: int, where: Path | str = "the image") -> Tensor:
-    """``(C, S, S)`` image in [0, 1] from pixels: scaled by bit depth, converted to ``in_channels`` (gray is
-    the channel mean; one channel is repeated) and resized (bilinear, antialiased) to ``image_size``."""
+def prepare_image(arr: np.ndarray, image_size: int, in_channels: int, where: Path | str = "the image",
+                  resize: Resize = "bilinear") -> Tensor:
+    """``(C, S, S)`` image from pixels: scaled by bit depth to [0, 1], converted to ``in_channels`` (gray is
+    the channel mean; one channel is repeated) and resized to ``image_size`` (``resize_image``)."""
     if arr.dtype.kind == "f":
         if arr.size and (arr.min() < 0 or arr.max() > 1):
             raise DataError(f"{where}: float pixels outside [0, 1]; expected 8/16-bit or [0, 1] floats")
@@ -159,10 +155,18 @@ def prepare_image(arr: np.ndarray, image_size: int, in_channels: int, where: Pat
         arr = arr[..., None]
     if arr.shape[-1] != in_channels:
         arr = arr.mean(-1, keepdims=True) if in_channels == 1 else np.repeat(arr.mean(-1, keepdims=True), in_channels, -1)
-    img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
-    img = torch.nn.functional.interpolate(img, size=(image_size,) * 2, mode="bilinear", align_corners=False,
-                                          antialias=True)
-    return img[0].clamp(0, 1)
+    return resize_image(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), image_size, resize)
+
+
+def model_input(pixels: np.ndarray, preprocessing: Mapping[str, Any]) -> Tensor:
+    """``(C, S, S)`` model input from pixels, prepared as a checkpoint's ``preprocessing`` record says (the
+    datamodule's ``preprocessing()``; records without ``resize``/``intensity`` are bilinear and ``unit``)."""
+    resize, intensity = preprocessing.get("resize", "bilinear"), preprocessing.get("intensity", "unit")
+    for name, value, choices in (("resize", resize, RESIZE_MODES), ("intensity", intensity, INTENSITY_MODES)):
+        if value not in choices:
+            raise ConfigError(f"preprocessing {name}={value!r}; expected one of {', '.join(choices)}")
+    image = prepare_image(pixels, preprocessing["image_size"], preprocessing["in_channels"], resize=resize)
+    return normalize_intensity(image, intensity, preprocessing["mean"], preprocessing["std"])
 
 
 def image_size_of(file: Path) -> tuple[int, int]:
@@ -262,17 +266,22 @@ class ImageTextMaskDataset(Dataset):
     or ``records`` from another reader (see ``validate_records``).
 
     Every row is checked when the dataset is built (columns, empty text, duplicate rows, files present,
-    image and mask of the same size); mask values are checked as each mask is read. Columns other than
-    ``image,mask,text`` (``columns``) reach each sample as ``item["columns"][name]``.
+    image and mask of the same size); mask values are checked as each mask is read. An image is resized
+    (``resize``), then image and mask go through ``augmentation`` (``aug(image, mask)`` on a batch of one,
+    e.g. ``random_zoom``; training only), then the image's intensities are normalised (``intensity``, see
+    ``normalize_intensity``). Columns other than ``image,mask,text`` (``columns``) reach each sample as
+    ``item["columns"][name]``.
     """
 
     def __init__(self, csv_path: str | Path | None = None, image_size: int = 224, in_channels: int = 1,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
                  records: list[dict[str, Any]] | None = None, source: str | Path | None = None,
-                 require_mask: bool = True) -> None:
+                 require_mask: bool = True, resize: Resize = "bilinear", intensity: Intensity = "unit",
+                 augmentation: Callable[[Tensor, Tensor], tuple[Tensor, ...]] | None = None) -> None:
         self.image_size = image_size
         self.in_channels = in_channels
         self.mean, self.std = mean, std
+        self.resize, self.intensity, self.augmentation = resize, intensity, augmentation
         if records is None:
             if csv_path is None:
                 raise ValueError("ImageTextMaskDataset needs csv_path or records")
@@ -298,7 +307,7 @@ class ImageTextMaskDataset(Dataset):
 
     def load_image(self, file: Path) -> Tensor:
         """``(C, S, S)`` image in [0, 1], converted to ``in_channels`` and resized (``prepare_image``)."""
-        return prepare_image(_read_array(file), self.image_size, self.in_channels, file)
+        return prepare_image(_read_array(file), self.image_size, self.in_channels, file, self.resize)
 
     def load_mask(self, file: Path) -> Tensor:
         """``(1, S, S)`` binary mask: 0 background, the one other level foreground, resized (nearest)."""
@@ -316,16 +325,20 @@ class ImageTextMaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
+        image = self.load_image(row["image"])
+        mask = self.load_mask(row["mask"]) if row["mask"] is not None else None
+        if self.augmentation is not None and mask is not None:
+            image, mask = (t[0] for t in self.augmentation(image[None], mask[None])[:2])
         item = {
-            "image": normalize(self.load_image(row["image"]), self.mean, self.std),
+            "image": normalize_intensity(image, self.intensity, self.mean, self.std),
             "text": row["text"],
             "id": row["id"],
             "image_path": str(row["image"]),
             "orig_size": torch.tensor([row["size"][1], row["size"][0]]),
             "columns": row["columns"],
         }
-        if row["mask"] is not None:
-            item["mask"] = self.load_mask(row["mask"])
+        if mask is not None:
+            item["mask"] = mask
         return item
 
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from langseg.data.datamodules import SegmentationDataModule, Split
 from langseg.data.datasets import ImageTextMaskDataset, validate_records
+from langseg.data.transforms import Intensity, Resize
 from langseg.errors import DataError
 from langseg.files import atomic_write, atomic_write_text
 
@@ -93,16 +94,21 @@ class LViTDataModule(SegmentationDataModule):
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
-                 swap_seed: int = 0, predict_split: Split = "test") -> None:
+                 swap_seed: int = 0, predict_split: Split = "test", resize: Resize = "bilinear",
+                 intensity: Intensity = "unit", zoom: tuple[float, float] | None = None, zoom_p: float = 0.1) -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
         self.save_hyperparameters()
+        self.pipeline_options(resize, intensity, zoom, zoom_p)
         self.root = Path(root).expanduser()
         self.mean, self.std = mean, std
 
     def build_dataset(self, split: Split) -> ImageTextMaskDataset:
+        """The split's rows, with the input pipeline of ``ImageTextMaskDataModule`` (same options)."""
         return ImageTextMaskDataset(image_size=self.image_size, in_channels=self.in_channels, mean=self.mean,
                                     std=self.std, records=read_lvit_records(self.root, split),
-                                    source=lvit_spreadsheet(self.root, split))
+                                    source=lvit_spreadsheet(self.root, split), resize=self.resize,
+                                    intensity=self.intensity,
+                                    augmentation=self.train_augmentation() if split == "train" else None)
 
 
 def convert_lvit(src: str | Path, dst: str | Path, copy: bool = False) -> dict[str, int]:

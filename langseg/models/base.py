@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from langseg.blocks.text_encoder import TextEncoder, TextFeatures
-from langseg.data.datasets import image_array, normalize, prepare_image
+from langseg.data.datasets import image_array, model_input
 from langseg.errors import ConfigError
 from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
@@ -168,13 +168,13 @@ class LanguageGuidedSegmenter(L.LightningModule):
         if self.preprocessing is None:
             raise ConfigError("the model has no preprocessing record (it comes from langseg.load of a checkpoint "
                               "written by langseg fit); set model.preprocessing = {'image_size': ..., "
-                              "'in_channels': ..., 'mean': [...], 'std': [...]}")
+                              "'in_channels': ..., 'mean': [...], 'std': [...]} (and optionally 'resize', "
+                              "'intensity': see SegmentationDataModule.preprocessing)")
         if self.use_text and not isinstance(text, str):
             raise ConfigError(f"{type(self).__name__} segments what a text describes: pass the text as a string")
-        p = self.preprocessing
         pixels = image_array(image)
         height, width = pixels.shape[:2]
-        x = normalize(prepare_image(pixels, p["image_size"], p["in_channels"]), p["mean"], p["std"])
+        x = model_input(pixels, self.preprocessing)
         was_training = self.training
         self.eval()
         try:

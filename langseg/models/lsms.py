@@ -111,6 +111,6 @@ class LSMS(LanguageGuidedSegmenter):
         return losses
 
 
-register_variant("lsms_small", LSMS, "LSMS with narrow stages and 1/1/2/1 blocks, AdamW at 2e-3, no schedule: "
+register_variant("lsms_small", LSMS, "LSMS with narrow stages and 1/1/2/1 blocks, AdamW at 4e-3, no schedule: "
                  "configs/lsms.yaml.", dims=(16, 32, 64, 96), depths=(1, 1, 2, 1), ham_channels=64,
-                 decoder_channels=64, nmf_rank=8, optimizer=adamw(2e-3), lr_scheduler=None)
+                 decoder_channels=64, nmf_rank=8, optimizer=adamw(4e-3), lr_scheduler=None)

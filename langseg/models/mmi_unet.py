@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from timm.models import FeatureListNet
 from torch import Tensor, nn
 
-from langseg.blocks.augmentation import JointAugmentation
+from langseg.blocks.augmentation import random_zoom
 from langseg.blocks.bridger import Bridger
 from langseg.blocks.guide import SubpixelHead, UpBlock
 from langseg.blocks.layers import INPLACE_RELU
@@ -89,12 +89,6 @@ class MMIUNetNet(nn.Module):
         if logits.shape[-2:] != image.shape[-2:]:
             logits = nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return {"logits": logits}
-
-
-def random_zoom(min_zoom: float = 0.95, max_zoom: float = 1.2, prob: float = 0.1) -> JointAugmentation:
-    """The official training augmentation: a random zoom of image and mask about the centre, with probability p."""
-    return JointAugmentation(hflip_prob=0.0, rotation_degrees=0.0, scale=(min_zoom, max_zoom), translate=0.0,
-                             affine_prob=prob)
 
 
 @register_model("mmi_unet")

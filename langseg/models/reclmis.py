@@ -8,14 +8,16 @@ vision). At inference (``net.eval()``) only the encoder, the text-to-vision half
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from langseg.blocks.augmentation import PhotometricAugmentation
-from langseg.blocks.conditioned import ConditionedInteraction, ConditionedReconstructor, sample_weighted_mask
+from langseg.blocks.conditioned import (ConditionedInteraction, ConditionedReconstructor,
+                                       OfficialConditionedInteraction, sample_weighted_mask)
 from langseg.blocks.layers import sine_position_encoding_2d
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.blocks.unet_plam import UNetDecoder, UNetEncoder
@@ -23,6 +25,8 @@ from langseg.errors import ConfigError
 from langseg.losses import conditioned_contrastive_loss, weighted_reconstruction_loss
 from langseg.models.base import LanguageGuidedSegmenter, adamw
 from langseg.registry import register_model, register_variant
+
+Interaction = Literal["paper", "official"]
 
 
 class RecLMISNet(nn.Module):
@@ -33,28 +37,36 @@ class RecLMISNet(nn.Module):
     alone; in training mode it also holds what the losses of Eq. 4-10 read.
     """
 
-    inference_modules = ("encoder", "interaction.text_to_vision", "decoder")
+    inference_modules: tuple[str, ...] = ("encoder", "interaction.text_to_vision", "decoder")
 
     def __init__(self, in_channels: int = 1, text_dim: int = 384, widths: Sequence[int] = (64, 128, 256, 512, 512),
                  num_heads: int = 8, mlp_ratio: float = 4.0, recon_depth: int = 3, vision_mask_ratio: float = 0.5,
-                 text_mask_ratio: float = 0.3) -> None:
+                 text_mask_ratio: float = 0.3, interaction: Interaction = "paper", position_grid: int = 14,
+                 text_target_dim: int | None = None) -> None:
         super().__init__()
         if not (0.0 <= vision_mask_ratio <= 1.0 and 0.0 <= text_mask_ratio <= 1.0):
             raise ConfigError("vision_mask_ratio and text_mask_ratio must lie in [0, 1]")
+        if interaction not in ("paper", "official"):
+            raise ConfigError(f"interaction={interaction!r}; expected 'paper' or 'official'")
         dim = widths[-1]
         self.vision_mask_ratio, self.text_mask_ratio = vision_mask_ratio, text_mask_ratio
+        self.interaction_form = interaction
         self.encoder = UNetEncoder(in_channels, widths)
-        self.interaction = ConditionedInteraction(dim, text_dim, num_heads, mlp_ratio)
+        if interaction == "paper":
+            self.interaction = ConditionedInteraction(dim, text_dim, num_heads, mlp_ratio)
+        else:
+            self.interaction = OfficialConditionedInteraction(dim, text_dim, num_heads, position_grid)
+            self.inference_modules = ("encoder", "interaction.fusion", "decoder")
         self.decoder = UNetDecoder(widths)
         self.vision_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio)
-        self.text_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio)
+        self.text_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio, text_target_dim)
 
     @property
     def output_stride(self) -> int:
         return self.encoder.output_stride
 
     def inference_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters that run in eval mode (no reconstructors, no vision-to-text half of CI)."""
+        """The parameters that run in eval mode: those of ``inference_modules`` (no reconstructors, no heads)."""
         for name in self.inference_modules:
             yield from self.get_submodule(name).parameters()
 
@@ -69,18 +81,21 @@ class RecLMISNet(nn.Module):
         logits = self.decoder(ci.vision_out, feats[:-1])
         if not self.training:
             return {"logits": logits}
-        # Eq. 7: zero alpha_v*N patches drawn by W_poi; the masked patches keep their position code.
+        # Eq. 7: zero alpha_v*N patches drawn by W_poi. Paper form: masked tokens keep a position code.
         patch_masked = sample_weighted_mask(ci.w_poi, self.vision_mask_ratio)
-        v_query = ci.v.masked_fill(patch_masked.unsqueeze(-1), 0.0) + ci.pos
-        v_hat = self.vision_reconstructor(v_query, ci.e, ci.w_woi, ci.word_mask)
-        # Eq. 9: zero alpha_t*L real words drawn by W_woi; words keep a 1D position code.
+        v_query = ci.v.masked_fill(patch_masked.unsqueeze(-1), 0.0)
+        v_context = ci.v if ci.pos is None else ci.v + ci.pos
+        v_hat = self.vision_reconstructor(v_query if ci.pos is None else v_query + ci.pos, ci.e, ci.w_woi,
+                                          ci.word_mask)
+        # Eq. 9: zero alpha_t*L real words drawn by W_woi; paper form: words keep a 1D position code.
         word_masked = sample_weighted_mask(ci.w_woi, self.text_mask_ratio, valid=ci.word_mask)
-        word_pos = sine_position_encoding_2d(1, ci.e.shape[1], ci.e.shape[-1], ci.e.device).to(ci.e.dtype)
-        e_query = ci.e.masked_fill(word_masked.unsqueeze(-1), 0.0) + word_pos
-        e_hat = self.text_reconstructor(e_query, ci.v + ci.pos, ci.w_poi)
+        e_query = ci.e.masked_fill(word_masked.unsqueeze(-1), 0.0)
+        if ci.pos is not None:
+            e_query = e_query + sine_position_encoding_2d(1, ci.e.shape[1], ci.e.shape[-1], ci.e.device).to(ci.e.dtype)
+        e_hat = self.text_reconstructor(e_query, v_context, ci.w_poi)
         return {"logits": logits, "v": ci.v, "e": ci.e, "v_hat": v_hat, "e_hat": e_hat, "w_poi": ci.w_poi,
                 "w_woi": ci.w_woi, "word_mask": ci.word_mask, "patch_masked": patch_masked,
-                "word_masked": word_masked}
+                "word_masked": word_masked, "v_prime": ci.vision_out.flatten(2).transpose(1, 2), "words": text.tokens}
 
 
 @register_model("reclmis")
@@ -91,6 +106,12 @@ class RecLMIS(LanguageGuidedSegmenter):
     + seg_weight * (dice_weight * Dice + bce_weight * CE)``, paper values (1, 1, 0.2, 5). Paper recipe
     (Sec. IV-B): AdamW at 3e-4 with cosine annealing over 200 epochs; the default augmentation is its
     photometric one (Gaussian blur, contrast, and for RGB saturation/hue jitter).
+
+    ``interaction``: ``paper`` (V attends to E; pre-norm layers with MLP and residual) or ``official`` (the
+    official code's ``E' = MHA(E, V)``, ``V' = MHA(V, E')`` with a learned ``position_grid`` x ``position_grid``
+    position table). ``aux_losses``: ``paper`` (Eq. 8/10: MSE weighted by W_poi/W_woi against the
+    stop-gradient V and E) or ``official`` (plain MSE against V' and the text encoder's own features, with
+    gradient). ``configs/reclmis_official.yaml`` sets the official code's other values (4 heads, depth 4, tau 0.01).
     """
 
     paper = 'Huang et al., Cross-Modal Conditioned Reconstruction for Language-guided Medical Image Segmentation'
@@ -110,12 +131,18 @@ class RecLMIS(LanguageGuidedSegmenter):
         ccl_weight: float = 0.2,
         seg_weight: float = 5.0,
         ccl_temperature: float = 0.07,
+        interaction: Interaction = "paper",
+        position_grid: int = 14,
+        aux_losses: Interaction = "paper",
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
     ) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
+        if aux_losses not in ("paper", "official"):
+            raise ConfigError(f"aux_losses={aux_losses!r}; expected 'paper' or 'official'")
+        text_target_dim = self.text_dim if aux_losses == "official" else None  # rebuild the encoder's own words
         self.net = RecLMISNet(self.in_channels, self.text_dim, widths, num_heads, mlp_ratio, recon_depth,
-                              vision_mask_ratio, text_mask_ratio)
+                              vision_mask_ratio, text_mask_ratio, interaction, position_grid, text_target_dim)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs (Sec. IV-B)."""
@@ -131,9 +158,12 @@ class RecLMIS(LanguageGuidedSegmenter):
         losses["seg"] = losses["loss"]
         total = hp.seg_weight * losses["seg"]
         if "v_hat" in outputs:
-            # Reconstruction targets are the (stop-gradient) projected features V and E.
-            losses["t2v"] = weighted_reconstruction_loss(outputs["v_hat"], outputs["v"].detach(), outputs["w_poi"])
-            losses["v2t"] = weighted_reconstruction_loss(outputs["e_hat"], outputs["e"].detach(), outputs["w_woi"])
+            if hp.aux_losses == "official":  # plain MSE against V' and the encoder's words, with gradient
+                losses["t2v"] = F.mse_loss(outputs["v_hat"].float(), outputs["v_prime"].float())
+                losses["v2t"] = F.mse_loss(outputs["e_hat"].float(), outputs["words"].float())
+            else:  # Eq. 8/10 against the (stop-gradient) projected features V and E
+                losses["t2v"] = weighted_reconstruction_loss(outputs["v_hat"], outputs["v"].detach(), outputs["w_poi"])
+                losses["v2t"] = weighted_reconstruction_loss(outputs["e_hat"], outputs["e"].detach(), outputs["w_woi"])
             losses["ccl"] = conditioned_contrastive_loss(outputs["v"], outputs["e"], outputs["w_poi"],
                                                          outputs["w_woi"], outputs["word_mask"], hp.ccl_temperature)
             total = (total + hp.v2t_weight * losses["v2t"] + hp.t2v_weight * losses["t2v"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
-                                        sample_weighted_mask)
+                                        OfficialConditionedInteraction, sample_weighted_mask)
 from langseg.blocks.layers import sine_position_encoding_2d
 
 DIM, TEXT_DIM = 16, 12
@@ -110,3 +110,55 @@ def test_position_code_distinguishes_every_patch():
     assert code.shape == (20, 16)
     dist = torch.cdist(code, code).masked_fill(torch.eye(20, dtype=torch.bool), math.inf)
     assert dist.min() > 0.1
+
+
+def _bare_attention(query, key_value, mha, heads):
+    """softmax(Q K^T / sqrt(d)) V per head with ``mha``'s packed projections, then its output projection."""
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    b, n, c = query.shape
+    split = lambda x: x.reshape(b, -1, heads, c // heads).transpose(1, 2)  # noqa: E731
+    q, k, v = split(query @ w_q.T + b_q), split(key_value @ w_k.T + b_k), split(key_value @ w_v.T + b_v)
+    attn = (q @ k.transpose(-1, -2) / math.sqrt(c // heads)).softmax(-1)
+    return (attn @ v).transpose(1, 2).reshape(b, n, c) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+@pytest.mark.parametrize("grid", [4, 3])  # 3: the learned 4x4 table resized
+def test_official_interaction_is_the_official_equations_recomputed(grid):
+    torch.manual_seed(0)
+    ci = OfficialConditionedInteraction(DIM, TEXT_DIM, num_heads=4, grid=4).eval()
+    torch.nn.init.normal_(ci.fusion.position)
+    vision = torch.randn(2, DIM, grid, grid)
+    words, mask = _words([5, 3])
+    out = ci(vision, words, mask, conditions=True)
+    fusion = ci.fusion
+    e = torch.nn.functional.conv1d(words.transpose(1, 2), fusion.text_proj.weight, fusion.text_proj.bias, padding=1)
+    e = e.transpose(1, 2)  # E: padding words are projected too, as in the official code
+    v = torch.einsum("oc,bchw->bhwo", fusion.patch_embed.weight[:, :, 0, 0], vision) + fusion.patch_embed.bias
+    table = fusion.position.reshape(1, 4, 4, DIM).permute(0, 3, 1, 2)
+    if grid != 4:
+        table = torch.nn.functional.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
+    v = v.reshape(2, grid * grid, DIM) + table.flatten(2).transpose(1, 2)
+    e_prime = _bare_attention(e, v, fusion.text_attn, 4)  # E' = MHA(query E, key/value V)
+    v_prime = _bare_attention(v, e_prime, fusion.vision_attn, 4)  # V' = MHA(query V, key/value E')
+    assert torch.allclose(out.vision_out, v_prime.transpose(1, 2).reshape(2, DIM, grid, grid), atol=1e-5)
+    assert torch.allclose(out.e, e, atol=1e-5)
+    assert torch.equal(out.v, vision.flatten(2).transpose(1, 2)) and out.pos is None
+    e_out = ci.text_out(e_prime.transpose(1, 2)).transpose(1, 2)  # E'' = ReLU(BN(Conv1d(E')))
+    woi = ci.woi_head(e_out).squeeze(-1).masked_fill(~mask, float("-inf")).softmax(-1)
+    assert torch.allclose(out.w_woi, woi, atol=1e-6) and (out.w_woi[~mask] == 0).all()
+    assert torch.allclose(out.w_poi, ci.poi_head(v_prime).squeeze(-1).softmax(-1), atol=1e-6)
+
+
+def test_official_interaction_lets_padding_words_in_and_gradients_reach_every_weight():
+    torch.manual_seed(0)
+    ci = OfficialConditionedInteraction(DIM, TEXT_DIM, num_heads=4, grid=3).eval()
+    vision = torch.randn(2, DIM, 3, 3)
+    words, mask = _words([5, 3])
+    junk = words.clone()
+    junk[1, 3:] = 5.0
+    assert not torch.allclose(ci(vision, words, mask).vision_out, ci(vision, junk, mask).vision_out)
+    out = ci.train()(vision, words, mask)
+    (out.vision_out.sum() + (out.w_poi * torch.randn_like(out.w_poi)).sum()
+     + (out.w_woi * torch.randn_like(out.w_woi)).sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ci.parameters())

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from langseg.blocks.augmentation import JointAugmentation
+from langseg.data.transforms import equalize_histogram, zscore
 from langseg.lightning_cli import build_cli
 from tests.hf_folders import write_convnext_folder, write_cxr_bert_folder
 
@@ -30,3 +35,55 @@ def test_paper_config_takes_the_official_folders_as_its_header_says(config, tmp_
     with torch.no_grad():
         logits = model.segment(torch.rand(2, model.in_channels, 64, 64), texts)["logits"]
     assert logits.shape == (2, 1, 64, 64) and torch.isfinite(logits).all()
+
+
+def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tmp_path, monkeypatch, one_thread):
+    from langseg.models import RecLMIS
+    from tests.hf_folders import write_clip_folder
+
+    clip = write_clip_folder(tmp_path / "clip-vit-base-patch32")
+    monkeypatch.chdir(REPO)
+    cli = build_cli(["--config", "configs/reclmis_official.yaml", "--model.text_encoder",
+                     str(tmp_path / "clip-vit-base-patch32"), "--model.widths", "[4, 8, 16, 32, 32]",
+                     "--model.position_grid", "4", "--data", "configs/data/synthetic.yaml",
+                     "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0"], run=False)
+    model = cli.model
+    assert isinstance(model, RecLMIS) and model.net.interaction_form == "official"
+    assert type(model.text_encoder.model).__name__ == "CLIPTextModel" and model.text_dim == clip.config.hidden_size
+    hp = model.hparams
+    assert (hp.aux_losses, hp.num_heads, hp.recon_depth, hp.ccl_temperature, hp.seg_weight, hp.dice_weight,
+            hp.bce_weight, hp.max_text_length) == ("official", 4, 4, 0.01, 5.0, 0.5, 0.5, 18)
+    assert len(model.net.vision_reconstructor.layers) == 4
+    texts = ["Bilateral pulmonary infection, two infected areas.", "One infected area in the left lung."]
+    image, mask = torch.rand(2, model.in_channels, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    text = model.encode_text(texts)
+    losses = model.compute_loss(model.train()(image, text), mask, text)
+    losses["loss"].backward()
+    assert {"t2v", "v2t", "ccl"} <= set(losses) and torch.isfinite(losses["loss"])
+    with torch.no_grad():
+        assert model.eval().segment(image, texts)["logits"].shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("config, intensity", [("guidedecoder_paper", "histogram"), ("himix_paper", "zscore")])
+def test_paper_config_prepares_the_data_as_the_official_code(config, intensity, generic_folder, monkeypatch,
+                                                             one_thread):
+    monkeypatch.chdir(REPO)
+    cli = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
+                     "--data.init_args.root", str(generic_folder), "--data.init_args.image_size", "64",
+                     "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"], run=False)
+    dm = cli.datamodule
+    assert (dm.preprocessing()["resize"], dm.preprocessing()["intensity"], dm.zoom, dm.zoom_p) == (
+        "bicubic", intensity, (0.95, 1.2), 0.1)
+    dm.setup("fit")
+    assert isinstance(dm.dataset("train").augmentation, JointAugmentation) and dm.dataset("val").augmentation is None
+    film = np.asarray(Image.open(dm.dataset("val").rows[0]["image"]), np.float32) / 255  # gray, 40x40
+    pixels = F.interpolate(torch.from_numpy(film).expand(1, 3, -1, -1), size=(64, 64), mode="bicubic")[0]
+    expected = equalize_histogram(pixels) if intensity == "histogram" else zscore(pixels)
+    assert torch.allclose(dm.dataset("val")[0]["image"], expected, atol=1e-5)
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        logits = cli.model.segment(batch["image"], batch["text"])["logits"]
+    assert logits.shape == (4, 1, 64, 64) and torch.isfinite(logits).all()
+    mosmed = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
+                        "--data", "configs/data/mosmed.yaml"], run=False).datamodule
+    assert mosmed.root.name == "mosmedplus" and mosmed.preprocessing() == {**dm.preprocessing(), "image_size": 224}

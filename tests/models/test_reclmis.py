@@ -242,3 +242,56 @@ def test_configs_parse(config):
 def test_augmentation_can_be_switched_off_on_the_command_line():
     assert _cli("configs/reclmis_paper.yaml", "--model.augmentation", "false").model.augmentation is None
 
+
+
+OFFICIAL_TRAINING_ONLY = ("vision_reconstructor", "text_reconstructor", "interaction.text_out", "interaction.poi_head",
+                          "interaction.woi_head")
+
+
+def test_official_interaction_runs_differs_from_the_paper_form_and_trains_every_weight():
+    batch = _batch(4, size=32)
+    paper, official = _model(), _model(interaction="official", aux_losses="official")
+    assert official.net.inference_modules == ("encoder", "interaction.fusion", "decoder")
+    official.net.encoder.load_state_dict(paper.net.encoder.state_dict())
+    official.net.decoder.load_state_dict(paper.net.decoder.state_dict())
+    with torch.no_grad():
+        logits = [m.eval().segment(batch["image"], batch["text"])["logits"] for m in (paper, official)]
+    assert logits[0].shape == logits[1].shape == (4, 1, 32, 32) and not torch.allclose(*logits)
+    text = official.encode_text(batch["text"])
+    losses = official.compute_loss(official.train()(batch["image"], text), batch["mask"], text)
+    assert set(losses) == {"loss", "dice", "bce", "seg", "t2v", "v2t", "ccl"}
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in official.net.parameters())  # every weight, the heads included
+
+
+def test_official_inference_runs_only_the_fusion_and_its_parameters_are_what_runs():
+    model = _model(interaction="official")
+    calls = []
+    for name in OFFICIAL_TRAINING_ONLY:
+        model.net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    batch = _batch(2, size=32)
+    with torch.no_grad():
+        model.eval().segment(batch["image"], batch["text"])
+    assert calls == []
+    net = model.net
+    inference = sum(count_parameters(net.get_submodule(n)) for n in net.inference_modules)
+    training = sum(count_parameters(net.get_submodule(n)) for n in OFFICIAL_TRAINING_ONLY)
+    assert sum(p.numel() for p in net.inference_parameters()) == inference
+    assert inference + training == count_parameters(net)
+
+
+def test_official_aux_losses_are_plain_mse_against_v_prime_and_the_encoder_words_with_gradient():
+    model = _model(interaction="official", aux_losses="official")
+    batch = _batch(4, size=32)
+    text = model.encode_text(batch["text"])
+    out = model.train()(batch["image"], text)
+    assert out["e_hat"].shape == text.tokens.shape  # rebuilt at the text encoder's width
+    losses = model.compute_loss(out, batch["mask"], text)
+    assert torch.allclose(losses["t2v"], (out["v_hat"] - out["v_prime"]).pow(2).mean())
+    assert torch.allclose(losses["v2t"], (out["e_hat"] - text.tokens).pow(2).mean())
+    (grad,) = torch.autograd.grad(losses["t2v"], model.net.interaction.fusion.vision_attn.out_proj.weight)
+    assert grad.abs().sum() > 0  # the target V' is not detached, as in the official code
+    with pytest.raises(ConfigError, match="aux_losses='both'"):
+        _model(aux_losses="both")
+    with pytest.raises(ConfigError, match="interaction='code'"):
+        _model(interaction="code")

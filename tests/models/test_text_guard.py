@@ -14,7 +14,7 @@ from torch import Tensor
 
 import langseg
 from langseg.blocks import TextFeatures
-from langseg.data.datasets import normalize
+from langseg.data.transforms import normalize
 from langseg.models.base import adamw
 from tests.tiny_models import tiny_overrides
 
