@@ -8,8 +8,8 @@ from PIL import Image
 
 from langseg.data import (ImageTextMaskDataModule, ImageTextMaskDataset, SyntheticReferringDataModule,
                           SyntheticReferringDataset, derangement)
-from langseg.data.transforms import normalize
 from langseg.data.synthetic import _draw_film, make_referring_sample, referring_variants
+from langseg.data.transforms import normalize
 from langseg.errors import DataError
 
 
