@@ -146,7 +146,7 @@ def test_a_registered_variant_name_is_a_model(tmp_path, capsys):
     code, out, err = run_main("fit", "--model", "lsms_small", "--data", "SyntheticReferringDataModule",
                               "--print_config", cwd=tmp_path, capsys=capsys)
     assert code == 0, err[-2000:]
-    assert "class_path: langseg.models.lsms.LSMS" in out and "nmf_rank: 8" in out and "lr: 0.002" in out
+    assert "class_path: langseg.models.lsms.LSMS" in out and "nmf_rank: 8" in out and "lr: 0.004" in out
 
 
 def test_console_script_parser_error_is_one_line(tmp_path):
