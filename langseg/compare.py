@@ -18,7 +18,9 @@ log = logging.getLogger("langseg")
 
 COLUMNS = [("config", "config"), ("model", "model"), ("params_m", "params (M)"), ("gflops", "GFLOPs"),
            ("fit_seconds", "train time (s)"), ("dice", "Dice"), ("miou", "mIoU"), ("dice_pooled", "Dice pooled"),
-           ("miou_pooled", "mIoU pooled"), ("dice_swapped_text", "Dice, swapped text")]
+           ("miou_pooled", "mIoU pooled"), ("dice_swapped_text", "Dice, swapped text"),
+           ("dice_no_text", "Dice, no text")]
+SCORES = ("dice", "miou", "dice_pooled", "miou_pooled", "dice_swapped_text", "dice_no_text")
 
 
 def run_config(config: str, run_dir: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body = ""
     for row in rows:
-        cells = [f"{row[key]:.4f}" if key in ("dice", "miou", "dice_pooled", "miou_pooled", "dice_swapped_text")
+        cells = ["-" if row.get(key) is None else f"{row[key]:.4f}" if key in SCORES
                  else f"{row[key]:.2f}" if isinstance(row[key], float) else f"`{row[key]}`" if key == "config"
                  else str(row[key]) for key, _ in COLUMNS]
         body += "| " + " | ".join(cells) + " |\n"
