@@ -26,6 +26,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/text_adherence.py` from any folder
@@ -63,9 +64,21 @@ def run_one(method: str, seed: int) -> dict[str, float]:
     log = root / "log.txt"
     _langseg("fit", *common, log=log)
     _langseg("test", *common, "--ckpt_path", str(root / "version_0" / "checkpoints" / "last.ckpt"), log=log)
+    return {**read_summary(root), "commit": commit}
+
+
+def read_summary(root: Path) -> dict[str, Any]:
+    """The numbers of the run in ``root`` that the page shows, from its ``langseg test`` summary: Dice with the
+    sample's own text, a swapped text, no text and the ``text_short`` column, and the Dice per category."""
     summary = json.loads((root / "version_1" / "results" / "test_summary.json").read_text())
-    return {"dice": summary["dice"], "dice_swapped_text": summary.get("dice_swapped_text", summary["dice"]),
-            "commit": commit}
+    found = {"dice": summary["dice"], "dice_swapped_text": summary.get("dice_swapped_text", summary["dice"])}
+    for key in ("dice_no_text", "dice@text_short"):
+        if key in summary:
+            found[key] = summary[key]
+    categories = summary.get("dice_by_category", {}).get("category")
+    if categories:
+        found["dice_by_category"] = {value: entry["dice"] for value, entry in categories.items()}
+    return found
 
 
 def _commit() -> str:
@@ -119,12 +132,27 @@ def report(results: dict[str, dict[str, dict[str, float]]], seeds: list[int], co
                      f"{_fmt(statistics.mean(swapped))} | {_fmt(max(swapped))} | {_fmt(statistics.mean(gaps))} | "
                      f"{_fmt(min(gaps))} | {_fmt(min(gains)) if gains else '-'} | {met} "
                      f"({len(done)} seed{'s' if len(done) > 1 else ''}) |")
-    lines += ["", "## Per seed", "", "| method | seed | Dice | swapped | gap | commit |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Per seed", "",
+              "*no text* = `test/dice_no_text` (the empty text); *short* = `test/dice@text_short` (the `text_short` "
+              "column's key words, e.g. \"upper left lung\"). '?' where the run predates these protocols.", "",
+              "| method | seed | Dice | swapped | gap | no text | short | commit |", "|---|---|---|---|---|---|---|---|"]
     for method in [*methods, "unet"]:
         for seed, r in sorted(results.get(method, {}).items(), key=lambda kv: int(kv[0])):
-            gap = "-" if method == "unet" else _fmt(r["dice"] - r["dice_swapped_text"])
-            lines.append(f"| {method} | {seed} | {_fmt(r['dice'])} | "
-                         f"{'-' if method == 'unet' else _fmt(r['dice_swapped_text'])} | {gap} | {r.get('commit', '?')} |")
+            text_only = [_fmt(r["dice_swapped_text"]), _fmt(r["dice"] - r["dice_swapped_text"])] + [
+                _fmt(r[key]) if key in r else "?" for key in ("dice_no_text", "dice@text_short")]
+            cells = ["-"] * 4 if method == "unet" else text_only
+            lines.append(f"| {method} | {seed} | {_fmt(r['dice'])} | {' | '.join(cells)} | {r.get('commit', '?')} |")
+    kinds = sorted({k for by_seed in results.values() for r in by_seed.values() for k in r.get("dice_by_category", {})})
+    if kinds:
+        lines += ["", "## Dice per kind of text (mean over the seeds)", "",
+                  "The embedded data's `category` column: *zone* (one lung zone), *side* (one lung), *all* (every "
+                  "lesion: no reading needed), *size* (the largest or smallest lesion).", "",
+                  "| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for method in [*methods, "unet"]:
+            runs = [r["dice_by_category"] for r in results.get(method, {}).values() if "dice_by_category" in r]
+            if runs:
+                means = [_fmt(statistics.mean(run[k] for run in runs if k in run)) for k in kinds]
+                lines.append(f"| {method} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(means) + " |")
     if missing:
         lines += ["", f"**Partial**: not yet measured: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
@@ -166,6 +194,10 @@ def main() -> None:
         list(pool.map(work, todo))
     results = json.loads(store.read_text()) if store.exists() else {}
     commands = results.pop("_commands", [])
+    for method, by_seed in results.items():  # a run folder's summary is the source of truth for its numbers
+        for seed, result in by_seed.items():
+            if (RUNS / method / f"seed{seed}" / "version_1" / "results" / "test_summary.json").is_file():
+                result.update(read_summary(RUNS / method / f"seed{seed}"))
     command = "python benchmarks/text_adherence.py " + " ".join(sys.argv[1:])
     if todo and command not in commands:
         commands.append(command)
