@@ -46,6 +46,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         text_encoder: ``"minilm"`` (packaged), ``"tiny"`` (tests) or a local transformers folder.
         freeze_text_encoder: keep the text encoder fixed and cache each distinct text's features.
         max_text_length: tokens kept per text (longer texts are truncated with a warning).
+        text_cache_mb: most MiB of frozen text features kept (least recently used dropped first; None: no bound).
+        text_cache_dtype: how cached text features are stored (``"float16"`` halves the memory; returned as fp32).
         dice_weight, bce_weight: weights of the default Dice + BCE loss.
         threshold: probability above which a pixel is foreground (metrics, predictions).
         optimizer: builds the optimiser from the trainable parameters (``--model.optimizer``).
@@ -68,6 +70,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         text_encoder: str = "minilm",
         freeze_text_encoder: bool = True,
         max_text_length: int = 32,
+        text_cache_mb: float | None = 512.0,
+        text_cache_dtype: Literal["float16", "float32"] = "float16",
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         threshold: float = 0.5,
@@ -92,7 +96,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.text_encoder: TextEncoder | None = None
         if use_text:
             self.text_encoder = TextEncoder(text_encoder, freeze=freeze_text_encoder, max_length=max_text_length,
-                                            padding=self.text_padding, output_hidden_states=self.text_hidden_states)
+                                            padding=self.text_padding, output_hidden_states=self.text_hidden_states,
+                                            cache_mb=text_cache_mb, cache_dtype=text_cache_dtype)
         self.val_metrics = SegmentationMetrics(threshold)
         self.test_metrics = SegmentationMetrics(threshold)
         self.test_swapped_metrics = SegmentationMetrics(threshold)
