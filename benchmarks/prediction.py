@@ -5,7 +5,7 @@ forward pass of the same model on the same batches.
     PYTHONPATH=. python benchmarks/prediction.py --quick    # 32 images, one repeat, prints only
 
 Data: a generic-format folder of 512x512 8-bit PNGs with masks (like MosMedData+), generated in a temporary
-folder; the model: the paper-size U-Net (``unet``, random initialisation, so its masks are noisy: a worst case for
+folder and read through the loader cache (built before the timings); the model: the paper-size U-Net (``unet``, random initialisation, so its masks are noisy: a worst case for
 PNG compression) at 224x224, batch 16, 2 loader workers. The predict loop is ``Trainer.predict`` with the
 ``PredictionWriter`` that ``langseg predict`` registers, timed from ``on_predict_start`` to the end of
 ``on_predict_end`` (every file written); start-up (imports, checkpoint loading) is left out. Three variants
@@ -90,7 +90,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = langseg.create_model("unet").eval()
     dm.setup("predict")
-    batches = list(dm.predict_dataloader())
+    batches = [dm.on_after_batch_transfer(batch, 0) for batch in dm.predict_dataloader()]
     times: dict[str, list[float]] = {"bare": [], "threaded": [], "inline": []}
     for k in range(repeats):
         times["bare"].append(bare_seconds(model, batches))

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from langseg.data.cache import CachedImageDataset, to_model_input
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
 from langseg.errors import ConfigError, DataError
 
@@ -131,16 +132,23 @@ class ImageTextMaskDataModule(SegmentationDataModule):
     (0 and 1 or 255). Images are resized to ``image_size`` and converted to ``in_channels``.
     ``predict_csv`` (relative to ``root``) names new images to predict: columns ``image,text``, ``mask``
     optional (when present, overlays outline it).
+
+    ``cache`` (default) decodes and resizes the train, val and test images once into memory-mapped arrays in
+    ``cache_dir`` (default ``<root>/.langseg_cache``; rebuilt when a source file, ``image_size`` or
+    ``in_channels`` changes: ``langseg.data.cache.CachedImageDataset``); False decodes every image every epoch.
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
                  num_workers: int = 2, train_csv: str = "train.csv", val_csv: str = "val.csv",
                  test_csv: str = "test.csv", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
-                 swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None) -> None:
+                 swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None,
+                 cache: bool = True, cache_dir: str | None = None) -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split)
         self.save_hyperparameters()
         self.predict_csv = predict_csv
         self.root = Path(root).expanduser()
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else self.root / ".langseg_cache"
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.mean, self.std = mean, std
 
@@ -151,8 +159,13 @@ class ImageTextMaskDataModule(SegmentationDataModule):
         if split == "predict":
             return ImageTextMaskDataset(self.root / self.predict_csv, self.image_size, self.in_channels, self.mean,
                                         self.std, require_mask=False)
-        return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
-                                    self.mean, self.std)
+        dataset = ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
+                                       self.mean, self.std)
+        return CachedImageDataset(dataset, self.cache_dir, self.num_workers) if self.cache else dataset
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Scales and normalises the cached integer images of a batch on its device (``to_model_input``)."""
+        return to_model_input(batch, self.mean, self.std) if isinstance(batch, dict) else batch
 
 
 class SyntheticReferringDataModule(SegmentationDataModule):

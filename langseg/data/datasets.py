@@ -294,15 +294,22 @@ class ImageTextMaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
+        mask = self.load_mask(row["mask"]) if row["mask"] is not None else None
+        return self.make_item(index, normalize(self.load_image(row["image"]), self.mean, self.std), mask)
+
+    def make_item(self, index: int, image: Tensor, mask: Tensor | None) -> dict[str, Any]:
+        """The sample of row ``index`` holding ``image`` and ``mask`` as given (decoded by ``__getitem__``, or
+        read from a loader cache)."""
+        row = self.rows[index]
         item = {
-            "image": normalize(self.load_image(row["image"]), self.mean, self.std),
+            "image": image,
             "text": row["text"],
             "id": row["id"],
             "image_path": str(row["image"]),
             "orig_size": torch.tensor([row["size"][1], row["size"][0]]),
         }
-        if row["mask"] is not None:
-            item["mask"] = self.load_mask(row["mask"])
+        if mask is not None:
+            item["mask"] = mask
         return item
 
 
