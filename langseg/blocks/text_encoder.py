@@ -289,11 +289,14 @@ class TextEncoder(nn.Module):
                 with torch.no_grad():
                     return self._encode(texts)
             return self._encode(texts)
+        with torch.no_grad(), torch.autocast(next(self.model.parameters()).device.type, enabled=False):
+            return self._cached(texts)  # fp32 features under mixed precision too (autocast cannot stack fp16 on CPU)
+
+    def _cached(self, texts: Sequence[str]) -> TextFeatures:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         fresh: dict[str, CachedText] = {}
         if missing:
-            with torch.no_grad(), torch.autocast(next(self.model.parameters()).device.type, enabled=False):
-                feats = self._encode(missing)
+            feats = self._encode(missing)
             dtype = self.cache_dtype
             lengths = feats.mask.sum(1).tolist()  # one host sync per batch of new texts
             for i, (text, n) in enumerate(zip(missing, lengths)):

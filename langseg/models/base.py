@@ -25,6 +25,29 @@ from langseg.losses import bce_loss, dice_loss
 from langseg.metrics import SegmentationMetrics
 
 TEXT_ENCODER_PREFIX = "text_encoder."
+FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def use_fused_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Switches an Adam/AdamW whose ``fused`` and ``foreach`` were left unset to its fused kernel (one kernel for
+    every parameter's update, on CPU and CUDA; torch picks the slower ``foreach`` or per-parameter loop otherwise).
+    The update is the same algorithm; returns whether the optimiser was switched."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    if not isinstance(optimizer, FUSABLE_OPTIMIZERS):
+        return False
+    groups = optimizer.param_groups
+    params = [p for group in groups for p in group["params"]]
+    supported = _get_fused_kernels_supported_devices()
+    if any(g.get("fused") is not None or g.get("foreach") is not None or g.get("differentiable") for g in groups) or \
+            not all(p.device.type in supported and p.is_floating_point() for p in params):
+        return False
+    for group in groups:
+        group["fused"] = True
+    optimizer.defaults["fused"] = True
+    return True
+
+
 def adamw(lr: float, weight_decay: float = 1e-2) -> OptimizerCallable:
     """AdamW over the parameters it is given, at ``lr`` (an ``optimizer`` argument for Python use)."""
     return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
@@ -55,6 +78,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
             schedule (``default_lr_scheduler``), None or False = none.
         augmentation: training-time batch transform ``augmentation(image, mask, *aligned) -> (image, mask,
             *aligned)``; True = the method's paper default (``default_augmentation``), False = none.
+        fused_optimizer: step Adam/AdamW with their fused kernel (``use_fused_step``).
     """
 
     paper: str = ""  # the method's publication, shown by ``langseg list-models``
@@ -78,6 +102,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
         lr_scheduler: LRSchedulerCallable | bool | None = True,
         augmentation: nn.Module | bool = True,
+        fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(NOT_HYPERPARAMETERS))
@@ -89,6 +114,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
             raise ConfigError(f"{type(self).__name__} cannot run without text (use_text=false); "
                               f"use the 'unet' baseline for an image-only model")
         self.in_channels = in_channels
+        self.fused_optimizer = fused_optimizer
         self.use_text = use_text
         self.optimizer = optimizer
         self.lr_scheduler = self.default_lr_scheduler() if lr_scheduler is True else lr_scheduler or None
@@ -256,8 +282,11 @@ class LanguageGuidedSegmenter(L.LightningModule):
                 "mask": prob > self.hparams.threshold}
 
     def configure_optimizers(self) -> Any:
-        """``optimizer`` over the trainable parameters, with ``lr_scheduler`` when one is set."""
+        """``optimizer`` over the trainable parameters (Adam/AdamW with their fused kernel unless ``fused_optimizer``
+        is False or the optimiser chose ``foreach``/``fused`` itself), with ``lr_scheduler`` when one is set."""
         optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.fused_optimizer:
+            use_fused_step(optimizer)
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

@@ -208,3 +208,12 @@ def test_a_zero_bound_caches_nothing_and_a_negative_one_is_refused():
         TextEncoder("tiny", cache_mb=-1)
     with pytest.raises(ConfigError, match="cache_dtype='bfloat8'"):
         TextEncoder("tiny", cache_dtype="bfloat8")
+
+
+def test_cached_fp16_features_come_back_fp32_under_bf16_autocast():
+    enc = TextEncoder("tiny", output_hidden_states=True)
+    plain = enc(TEXTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new, again = TextEncoder("tiny", output_hidden_states=True)(TEXTS), enc(TEXTS)
+    assert new.tokens.dtype == again.hidden_states[0].dtype == torch.float32
+    assert torch.equal(new.tokens, plain.tokens) and torch.equal(again.sentence, plain.sentence)
