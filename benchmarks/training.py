@@ -177,10 +177,15 @@ def main() -> None:
     from benchmarks.common import load_average, machine, write_section
 
     names = opts.models or list(PAPER)
-    rows = [_child("method", name, opts) for name in names]
-    options = [_child("options", name, opts) for name in ("unet", "himix") if name in names]
+    rows, options = [], []
+    for kind, todo, done in (("method", names, rows), ("options", [n for n in ("unet", "himix") if n in names], options)):
+        for name in todo:
+            done.append(_child(kind, name, opts))
+            sys.stderr.write(json.dumps(done[-1]) + "\n")  # progress: each row as it is measured
     command = "PYTHONPATH=. python benchmarks/training.py" + (" --quick" if opts.quick else "") + (
-        f" --models {' '.join(opts.models)}" if opts.models else "")
+        f" --models {' '.join(opts.models)}" if opts.models else "") + (
+        f" --max_batch {opts.max_batch}" if opts.max_batch != 4 else "") + (
+        f" --repeats {opts.repeats}" if opts.repeats != 2 else "")
     text = render(rows, options, command, machine(), load_average(), opts)
     sys.stdout.write(text)
     if not opts.quick:
