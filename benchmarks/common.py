@@ -1,9 +1,12 @@
 """Helpers for the benchmark scripts: train a model on the embedded synthetic data and test it."""
 from __future__ import annotations
 
+import os
 import platform
+import re
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,6 +20,48 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cpu}, {torch.get_num_threads()} threads)"
     return f"{dev}, torch {torch.__version__}"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the shared CPU was while a benchmark ran."""
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replaces the section ``name`` of the Markdown file ``path`` (between ``<!-- name -->`` and
+    ``<!-- /name -->``) with ``text``, or appends it; the file is replaced atomically."""
+    from langseg.files import atomic_write_text
+
+    block = f"<!-- {name} -->\n{text.strip()}\n<!-- /{name} -->\n"
+    old = path.read_text() if path.is_file() else ""
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->\n.*?<!-- /{re.escape(name)} -->\n", re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old + ("\n" if old else "") + block
+    atomic_write_text(path, new)
+
+
+def write_png_split(root: Path, n: int, image_size: int, split: str = "train", seed: int = 0) -> Path:
+    """``root/{images,masks}/<split>_<k>.png`` (8-bit gray, ``image_size``²) and ``root/<split>.csv`` in the generic
+    format, from the embedded data's procedural samples (smooth lungs and lesions: PNGs that compress like films)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from langseg.data.synthetic import make_referring_sample
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with (root / f"{split}.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "mask", "text"])
+        for k in range(n):
+            sample = make_referring_sample(image_size, rng)
+            name = f"{split}_{k}.png"
+            Image.fromarray((sample.image * 255).astype(np.uint8)).save(root / "images" / name)
+            Image.fromarray(sample.mask.astype(np.uint8) * 255).save(root / "masks" / name)
+            writer.writerow([f"images/{name}", f"masks/{name}", sample.text])
+    return root
 
 
 def fit_and_test(model: L.LightningModule, max_epochs: int = 6, seed: int = 0, **data_kwargs: Any) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Performance of every registered paper-size model, the frozen-text cache and the training-loop overhead.
 
-    PYTHONPATH=. python benchmarks/performance.py            # full run, writes docs/benchmarks.md
+    PYTHONPATH=. python benchmarks/performance.py            # full run, writes its section of docs/benchmarks.md
     PYTHONPATH=. python benchmarks/performance.py --quick    # CI-sized (64x64, few steps), prints only
 
 Each model is measured in its own subprocess so that its peak memory (CPU: max resident set size;
@@ -187,7 +187,7 @@ def _child(kind: str, arg: str, quick: bool, precision: str = "32") -> dict:
 
 
 def render(rows: list[dict], cache: dict, overhead: dict, machine: str, command: str) -> str:
-    lines = [f"# Benchmarks\n\nMachine: {machine}. Command: `{command}`. Every number below comes from that run.\n",
+    lines = [f"Machine: {machine}. Command: `{command}`. Every number below comes from that run.\n",
              "## Models\n",
              "Params in millions (total / trainable / text encoder). GFLOPs: multiply-adds of one forward pass "
              "at the size given, text encoder excluded. Training throughput and latency at "
@@ -230,7 +230,7 @@ def main() -> None:
         sys.stdout.write(json.dumps(result) + "\n")
         return
     import langseg
-    from benchmarks.common import machine
+    from benchmarks.common import machine, write_section
 
     names = opts.models or [name for name in langseg.list_models() if not name.endswith("_small")]
     rows = [_child("model", name, opts.quick, opts.precision) for name in names]
@@ -241,7 +241,7 @@ def main() -> None:
     text = render(rows, cache, overhead, machine(), command)
     sys.stdout.write(text)
     if not opts.quick:
-        Path(opts.output).write_text(text)
+        write_section(Path(opts.output), "performance", text)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import logging
 import math
 import textwrap
 import time
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from torch import Tensor
 
-from langseg.files import atomic_write, atomic_write_text
+from langseg.files import BackgroundWriter, atomic_write, atomic_write_text
 from langseg.metrics import confusion_counts, dice_iou, hd95
 
 log = logging.getLogger("langseg")
@@ -165,6 +166,17 @@ def _denormalized(image: Tensor) -> np.ndarray:
 
 
 OVERLAY_MIN_WIDTH = 256  # small images are enlarged so that the caption stays readable
+PREDICTION_TINT = np.array([0.45 * 255.0, 0.0, 0.0], dtype=np.float32)  # red, mixed 45 : 55 with the image
+
+
+@lru_cache(maxsize=1)
+def _caption_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default()
+
+
+def _contour(mask: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels of its border (4-connected erosion)."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
 
 
 def overlay_image(base: Image.Image, mask: np.ndarray, caption: str, truth: np.ndarray | None = None) -> Image.Image:
@@ -176,23 +188,39 @@ def overlay_image(base: Image.Image, mask: np.ndarray, caption: str, truth: np.n
         base = base.resize((base.width * scale, base.height * scale), Image.NEAREST)
         mask = mask.repeat(scale, 0).repeat(scale, 1)
         truth = truth.repeat(scale, 0).repeat(scale, 1) if truth is not None else None
-    rgb = np.asarray(base.convert("RGB")).astype(np.float32)
-    tint = rgb.copy()
-    tint[mask] = 0.55 * rgb[mask] + 0.45 * np.array([255.0, 0.0, 0.0])
-    width = max(1, scale)
-    tint[mask & ~ndimage.binary_erosion(mask, iterations=width)] = (255, 230, 0)
+    rgb = np.asarray(base.convert("RGB"))
+    band_lines = textwrap.wrap(caption, width=max(10, rgb.shape[1] // 6)) or [""]
+    band = 14 * len(band_lines) + 6
+    canvas = np.zeros((rgb.shape[0] + band, rgb.shape[1], 3), dtype=np.uint8)  # the caption band stays black
+    picture = canvas[:rgb.shape[0]]
+    picture[:] = rgb
+    picture[mask] = (0.55 * rgb[mask] + PREDICTION_TINT).astype(np.uint8)  # only the masked pixels are mixed
+    picture[_contour(mask, scale)] = (255, 230, 0)
     if truth is not None:
-        tint[truth & ~ndimage.binary_erosion(truth, iterations=width)] = (0, 220, 0)
-    picture = Image.fromarray(tint.astype(np.uint8))
-    font = ImageFont.load_default()
-    lines = textwrap.wrap(caption, width=max(10, picture.width // 6)) or [""]
-    band = 14 * len(lines) + 6
-    canvas = Image.new("RGB", (picture.width, picture.height + band), "black")
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, line in enumerate(lines):
-        draw.text((3, picture.height + 3 + 14 * k), line, fill="white", font=font)
-    return canvas
+        picture[_contour(truth, scale)] = (0, 220, 0)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for k, line in enumerate(band_lines):
+        draw.text((3, rgb.shape[0] + 3 + 14 * k), line, fill="white", font=_caption_font())
+    return image
+
+
+def _masks_at_original_size(prob: Tensor, sizes: Tensor, threshold: float,
+                            mode: str = "bilinear") -> list[np.ndarray]:
+    """Boolean ``(h, w)`` masks of a batch of probabilities ``(B, 1, S, S)``, each resized (``mode``) to its
+    image's ``(h, w)`` in ``sizes`` and cut at ``threshold``: one interpolation for the batch when every image
+    has the same size."""
+    sizes = [tuple(s) for s in sizes.tolist()]
+    corners = {"align_corners": False} if mode == "bilinear" else {}
+    if len(set(sizes)) == 1:
+        prob = F.interpolate(prob.float(), size=sizes[0], mode=mode, **corners)
+        return list((prob[:, 0] > threshold).cpu().numpy())
+    return [(F.interpolate(prob[i:i + 1].float(), size=size, mode=mode, **corners)[0, 0] > threshold).cpu().numpy()
+            for i, size in enumerate(sizes)]
+
+
+def _save_png(image: Image.Image, path: Path, compress_level: int = 6) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -202,54 +230,75 @@ class PredictionWriter(BasePredictionWriter):
     (default: the run's ``predictions/`` folder, beside its checkpoints), and ``predictions.csv``: one
     row per sample (id, text, the data's extra columns such as ``category``, mask file, foreground pixels).
 
-    Each file is written to a temporary name and renamed, so a crash leaves no half-written file and a
-    second run overwrites the first cleanly.
+    The masks are cut on the prediction loop; reading the original images, drawing the overlays and writing
+    the files run on a writer thread (``files.BackgroundWriter``, at most ``max_pending`` samples waiting), so
+    the model does not wait for the disk. A file that cannot be written stops the run with an error naming it
+    (raised at the next batch or at the end). Each file is written to a temporary name and renamed, so a crash
+    leaves no half-written file and a second run overwrites the first cleanly. Overlays are PNGs compressed at
+    level ``overlay_compress_level`` (1: fast, larger files; 6: PIL's default).
     """
 
-    def __init__(self, output_dir: str | None = None, overlay: bool = True) -> None:
+    def __init__(self, output_dir: str | None = None, overlay: bool = True, max_pending: int = 64,
+                 overlay_compress_level: int = 1) -> None:
         super().__init__(write_interval="batch")
         self.output_dir_arg = output_dir
         self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
         self.overlay = overlay
         self.rows: list[dict[str, Any]] = []
+        self.max_pending = max_pending
+        self.overlay_compress_level = overlay_compress_level
+        self._writer: BackgroundWriter | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.output_dir = run_output_dir(trainer, self.output_dir_arg, "predictions")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = []
+        self._writer = BackgroundWriter(self.max_pending)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()  # every file written, or the first write error raised here
         rows = gather_rows(trainer, self.rows)
         if trainer.is_global_zero:
             write_csv(self.output_dir / "predictions.csv", rows)
             log.info("predictions written to %s", self.output_dir)
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._writer is not None:  # the loop stopped on an error of its own: that error is the one shown
+            self._writer.close(raise_error=False)
+            self._writer = None
+
+    def _write_sample(self, sample_id: str, mask: np.ndarray, text: str, path: str, image: Tensor,
+                      truth: np.ndarray | None) -> None:
+        _save_png(Image.fromarray(mask.astype(np.uint8) * 255), self.output_dir / "masks" / f"{sample_id}.png")
+        if not self.overlay:
+            return
+        if path:
+            with Image.open(path) as img:
+                base = img.convert("RGB")
+        else:
+            base = Image.fromarray(_denormalized(image)).resize(mask.shape[::-1], Image.BILINEAR)
+        _save_png(overlay_image(base, mask, text, truth), self.output_dir / "overlays" / f"{sample_id}.png",
+                  self.overlay_compress_level)
+
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._writer is None:  # write_on_batch_end called outside trainer.predict
+            self._writer = BackgroundWriter(self.max_pending)
         threshold = float(pl_module.hparams.get("threshold", 0.5))
+        masks = _masks_at_original_size(prediction["prob"], prediction["orig_size"], threshold)
+        truths: list[np.ndarray | None] = [None] * len(masks)
+        if isinstance(batch, dict) and "mask" in batch and self.overlay:
+            truths = _masks_at_original_size(batch["mask"], prediction["orig_size"], 0.5, mode="nearest")
+        paths = batch.get("image_path", [""] * len(masks))
+        images = batch["image"].cpu() if self.overlay and not all(paths) else [None] * len(masks)
         for i, sample_id in enumerate(prediction["id"]):
-            h, w = (int(v) for v in prediction["orig_size"][i])
-            prob = F.interpolate(prediction["prob"][i:i + 1].float(), size=(h, w), mode="bilinear", align_corners=False)
-            mask = (prob[0, 0] > threshold).cpu().numpy()
-            atomic_write(self.output_dir / "masks" / f"{sample_id}.png",
-                         lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
             self.rows.append(with_columns({"id": sample_id, "text": prediction["text"][i], "mask": f"masks/{sample_id}.png",
-                                           "foreground_pixels": int(mask.sum())}, _batch_columns(batch, "columns", i)))
-            if not self.overlay:
-                continue
-            path = batch.get("image_path", [""] * len(prediction["id"]))[i]
-            if path:
-                with Image.open(path) as img:
-                    base = img.convert("RGB")
-            else:
-                base = Image.fromarray(_denormalized(batch["image"][i])).resize((w, h), Image.BILINEAR)
-            truth = None
-            if isinstance(batch, dict) and "mask" in batch:
-                truth = F.interpolate(batch["mask"][i:i + 1].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
-                truth = truth.cpu().numpy()
-            picture = overlay_image(base, mask, prediction["text"][i], truth)
-            atomic_write(self.output_dir / "overlays" / f"{sample_id}.png", lambda tmp: picture.save(tmp, format="PNG"))
+                                           "foreground_pixels": int(masks[i].sum())}, _batch_columns(batch, "columns", i)))
+            self._writer.submit(partial(self._write_sample, sample_id, masks[i], prediction["text"][i], paths[i],
+                                        images[i], truths[i]))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -45,3 +47,45 @@ def atomic_torch_save(obj: object, path: str | Path) -> Path:
             torch.save(obj, fh)
 
     return atomic_write(path, write)
+
+
+class BackgroundWriter:
+    """Runs file-writing jobs in order on one thread, with at most ``max_pending`` waiting, so that the caller
+    (the prediction loop) does not wait for PNG encoding and disk writes.
+
+    The first job that raises stops the writer (later jobs are skipped) and its error is raised on the caller's
+    thread by the next ``submit`` or by ``close``, unchanged: an ``OutputError`` still names the file.
+    """
+
+    def __init__(self, max_pending: int = 32) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(max_pending)
+        self._error: BaseException | None = None  # raised once on the caller's thread
+        self._failed = False  # after an error, the jobs still queued are skipped
+        self._thread = threading.Thread(target=self._run, name="langseg-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not self._failed:
+                try:
+                    job()
+                except BaseException as err:  # noqa: BLE001 - handed to the caller's thread as it is
+                    self._error, self._failed = err, True
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queues ``job`` (waits while ``max_pending`` jobs are queued); raises a previous job's error first."""
+        self._raise()
+        self._jobs.put(job)
+
+    def close(self, raise_error: bool = True) -> None:
+        """Waits for every queued job, stops the thread, then raises the first job's error (``raise_error``)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if raise_error:
+            self._raise()

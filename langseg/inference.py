@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from langseg.errors import ConfigError, DataError
-from langseg.files import atomic_write
+from langseg.files import BackgroundWriter, atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -82,7 +84,6 @@ def predict_images(model: Any, images: Sequence[str | Path], texts: Sequence[str
                    overlay: bool = True) -> list[Path]:
     """Segments each image with its text (one text for all, or one per image) and writes
     ``<output>/masks/<id>.png`` (0/255, the image's size) and ``<output>/overlays/<id>.png``; returns the masks."""
-    from langseg.callbacks import overlay_image
     from langseg.data.datasets import assign_ids, image_array
 
     files = image_files(images)
@@ -90,14 +91,27 @@ def predict_images(model: Any, images: Sequence[str | Path], texts: Sequence[str
         raise ConfigError(f"{len(texts)} texts for {len(files)} images; give one text for all or one per image")
     rows = [{"image": f, "text": texts[0] if len(texts) == 1 else texts[i]} for i, f in enumerate(files)]
     assign_ids(rows)
+    writer = BackgroundWriter()  # PNG encoding and writing overlap the next image's segmentation
     written = []
-    for row in rows:
-        pixels = image_array(row["image"])  # decoded once (a bad file: a DataError naming it), segmented and drawn
-        mask = model.segment_image(pixels, row["text"] or None)
-        base = Image.fromarray(pixels).convert("RGB") if overlay else None
-        written.append(atomic_write(Path(output) / "masks" / f"{row['id']}.png",
-                                    lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")))
-        if base is not None:
-            picture = overlay_image(base, mask, row["text"] or row["image"].name)
-            atomic_write(Path(output) / "overlays" / f"{row['id']}.png", lambda tmp: picture.save(tmp, format="PNG"))
+    try:
+        for row in rows:
+            pixels = image_array(row["image"])  # decoded once (a bad file: a DataError naming it), segmented and drawn
+            mask = model.segment_image(pixels, row["text"] or None)
+            mask_path = Path(output) / "masks" / f"{row['id']}.png"
+            writer.submit(partial(_write_prediction, mask_path, mask, pixels if overlay else None,
+                                  row["text"] or row["image"].name))
+            written.append(mask_path)
+    finally:
+        writer.close(raise_error=sys.exc_info()[0] is None)  # an error of the loop's own is the one shown
     return written
+
+
+def _write_prediction(mask_path: Path, mask: np.ndarray, pixels: np.ndarray | None, caption: str) -> None:
+    """``masks/<id>.png`` and, given the image's pixels, ``overlays/<id>.png`` beside it."""
+    from langseg.callbacks import overlay_image
+
+    atomic_write(mask_path, lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+    if pixels is not None:
+        picture = overlay_image(Image.fromarray(pixels).convert("RGB"), mask, caption)
+        atomic_write(mask_path.parent.parent / "overlays" / mask_path.name,
+                     lambda tmp: picture.save(tmp, format="PNG", compress_level=1))

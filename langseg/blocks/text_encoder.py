@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -153,11 +154,27 @@ def _load(path: Path, random_init: bool) -> tuple[nn.Module, object]:
             hf_logging.enable_progress_bar()
 
 
+class CachedText(NamedTuple):
+    """One text's frozen features as the cache keeps them: unpadded, in the cache's dtype."""
+
+    tokens: Tensor  # (T, C)
+    sentence: Tensor  # (C,)
+    hidden: Tensor | None  # (L+1, T, C)
+    length: int  # real tokens
+    nbytes: int
+
+
+CACHE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
 class TextEncoder(nn.Module):
     """Word features, attention mask, sentence embedding and (optionally) all hidden states of a text batch.
 
     When ``freeze`` is set, the encoder runs in eval mode without gradients and every distinct text is
-    encoded once: its features are kept (on the model's device, fp32, unpadded) and reused.
+    encoded once: its features are kept (on the model's device, unpadded) and reused. The cache holds at most
+    ``cache_mb`` MiB (None: no bound), dropping the least recently used texts first; it stores ``cache_dtype``
+    (``"float16"`` halves the memory: features are rounded to fp16 whether they come from the cache or were
+    just encoded, so a text's features never depend on what the cache holds) and returns fp32.
 
     ``zero_padding`` (default) zeroes the word features and hidden states at padded positions; False keeps the
     encoder's outputs there (the official GuideDecoder/HiMix code reads them), with ``padding="max_length"`` only,
@@ -174,6 +191,8 @@ class TextEncoder(nn.Module):
         output_hidden_states: bool = False,
         cache: bool = True,
         zero_padding: bool = True,
+        cache_mb: float | None = 512.0,
+        cache_dtype: Literal["float16", "float32"] = "float16",
     ) -> None:
         super().__init__()
         path = resolve_text_encoder_path(name_or_path)
@@ -189,6 +208,10 @@ class TextEncoder(nn.Module):
         if not zero_padding and padding != "max_length":
             raise ConfigError("zero_padding=False keeps the features of padded positions, which only a fixed "
                               "padding='max_length' makes independent of the batch")
+        if cache_mb is not None and not cache_mb >= 0:
+            raise ConfigError(f"text cache_mb={cache_mb!r}; expected a size in MiB >= 0 (or None for no bound)")
+        if cache_dtype not in CACHE_DTYPES:
+            raise ConfigError(f"text cache_dtype={cache_dtype!r}; expected one of {', '.join(CACHE_DTYPES)}")
         self.max_length = max_length
         self.padding = padding
         self.zero_padding = zero_padding
@@ -196,13 +219,31 @@ class TextEncoder(nn.Module):
         self.output_hidden_states = output_hidden_states
         self.frozen = freeze
         self.use_cache = cache and freeze
-        self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None, int]] = {}  # tokens, sentence, hidden, length
+        self.cache_bytes = None if cache_mb is None else int(cache_mb * 2**20)
+        self.cache_dtype = CACHE_DTYPES[cache_dtype]
+        self._cache: OrderedDict[str, CachedText] = OrderedDict()  # least recently used first
+        self._cached_bytes = 0
         self._warned_truncation = False
         if freeze:
             self.model.requires_grad_(False)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._cached_bytes = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of features the cache holds now."""
+        return self._cached_bytes
+
+    def _store(self, text: str, item: CachedText) -> None:
+        """Keeps ``item``, then drops the least recently used texts until the cache fits its bound."""
+        if self.cache_bytes is not None and item.nbytes > self.cache_bytes:
+            return
+        self._cache[text] = item
+        self._cached_bytes += item.nbytes
+        while self.cache_bytes is not None and self._cached_bytes > self.cache_bytes:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
 
     def _encode(self, texts: Sequence[str]) -> TextFeatures:
         if not self.frozen:
@@ -248,30 +289,49 @@ class TextEncoder(nn.Module):
                 with torch.no_grad():
                     return self._encode(texts)
             return self._encode(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            with torch.no_grad(), torch.autocast(next(self.model.parameters()).device.type, enabled=False):
-                feats = self._encode(missing)
-            for i, text in enumerate(missing):
-                n = int(feats.mask[i].sum())
-                kept = n if self.zero_padding else feats.tokens.shape[1]  # the padded positions' features too
-                hidden = None if feats.hidden_states is None else torch.stack([h[i, :kept] for h in feats.hidden_states])
-                self._cache[text] = (feats.tokens[i, :kept].float(), feats.sentence[i].float(),
-                                     None if hidden is None else hidden.float(), n)
-        return self._assemble([self._cache[t] for t in texts])
+        with torch.no_grad(), torch.autocast(next(self.model.parameters()).device.type, enabled=False):
+            return self._cached(texts)  # fp32 features under mixed precision too (autocast cannot stack fp16 on CPU)
 
-    def _assemble(self, items: list[tuple[Tensor, Tensor, Tensor | None, int]]) -> TextFeatures:
+    def _cached(self, texts: Sequence[str]) -> TextFeatures:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        fresh: dict[str, CachedText] = {}
+        if missing:
+            feats = self._encode(missing)
+            dtype = self.cache_dtype
+            lengths = feats.mask.sum(1).tolist()  # one host sync per batch of new texts
+            for i, (text, n) in enumerate(zip(missing, lengths)):
+                kept = n if self.zero_padding else feats.tokens.shape[1]  # the padded positions' features too
+                hidden = None
+                if feats.hidden_states is not None:
+                    hidden = torch.stack([h[i, :kept] for h in feats.hidden_states]).to(dtype)
+                # copies, not views: a view would keep the whole batch's tensor alive
+                tokens, sentence = feats.tokens[i, :kept].to(dtype, copy=True), feats.sentence[i].to(dtype, copy=True)
+                nbytes = sum(t.nbytes for t in (tokens, sentence, hidden) if t is not None)
+                fresh[text] = CachedText(tokens, sentence, hidden, n, nbytes)
+        items = []
+        for text in texts:
+            if text in fresh:
+                items.append(fresh[text])
+            else:
+                self._cache.move_to_end(text)
+                items.append(self._cache[text])
+        for text, item in fresh.items():
+            self._store(text, item)
+        return self._assemble(items)
+
+    def _assemble(self, items: list[CachedText]) -> TextFeatures:
         device = next(self.model.parameters()).device
-        tokens = pad_sequence([it[0] for it in items], batch_first=True)
-        lengths = torch.tensor([it[3] for it in items])
+        tokens = pad_sequence([it.tokens for it in items], batch_first=True)
+        lengths = torch.tensor([it.length for it in items])
         width = self.max_length if self.padding == "max_length" else tokens.shape[1]
         tokens = nn.functional.pad(tokens, (0, 0, 0, width - tokens.shape[1]))
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
         hidden = None
-        if items[0][2] is not None:
-            stacked = pad_sequence([it[2].transpose(0, 1) for it in items], batch_first=True)  # (B, T, L+1, C)
+        if items[0].hidden is not None:
+            stacked = pad_sequence([it.hidden.transpose(0, 1) for it in items], batch_first=True)  # (B, T, L+1, C)
             stacked = nn.functional.pad(stacked, (0, 0, 0, 0, 0, width - stacked.shape[1]))
-            hidden = tuple(stacked[:, :, k].to(device) for k in range(stacked.shape[2]))
-        sentence = torch.stack([it[1] for it in items])
-        return TextFeatures(tokens=tokens.to(device), mask=mask.to(device), sentence=sentence.to(device),
-                            hidden_states=hidden)
+            stacked = stacked.to(device, torch.float32)
+            hidden = tuple(stacked[:, :, k] for k in range(stacked.shape[2]))
+        sentence = torch.stack([it.sentence for it in items])
+        return TextFeatures(tokens=tokens.to(device, torch.float32), mask=mask.to(device),
+                            sentence=sentence.to(device, torch.float32), hidden_states=hidden)

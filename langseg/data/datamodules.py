@@ -10,6 +10,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from langseg.blocks.augmentation import JointAugmentation, random_zoom
+from langseg.data.cache import CachedImageDataset, to_model_input
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
 from langseg.data.transforms import INTENSITY_MODES, RESIZE_MODES, Intensity, Resize
 from langseg.errors import ConfigError, DataError
@@ -183,6 +184,10 @@ class ImageTextMaskDataModule(SegmentationDataModule):
     (``(x - mean) / std`` of the [0, 1] image), ``zscore`` (per image and channel) or ``histogram``
     (equalised onto 0-255). The defaults are langseg's pipeline; the official HiMix code is ``bicubic``,
     ``zscore``, zoom ``[0.95, 1.2]`` at 0.1, GuideDecoder's the same with ``histogram``.
+
+    ``cache`` (default) decodes and resizes the train, val and test images once into memory-mapped arrays in
+    ``cache_dir`` (default ``<root>/.langseg_cache``; rebuilt when a source file, ``image_size``, ``in_channels``
+    or ``resize`` changes: ``langseg.data.cache.CachedImageDataset``); False decodes every image every epoch.
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
@@ -191,13 +196,15 @@ class ImageTextMaskDataModule(SegmentationDataModule):
                  swap_seed: int = 0, predict_split: Split = "test", predict_csv: str | None = None,
                  resize: Resize = "bilinear", intensity: Intensity = "unit", zoom: tuple[float, float] | None = None,
                  zoom_p: float = 0.1, alt_text_columns: list[str] | None = None,
-                 category_columns: list[str] | None = None) -> None:
+                 category_columns: list[str] | None = None, cache: bool = True, cache_dir: str | None = None) -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split,
                          alt_text_columns, category_columns)
         self.save_hyperparameters()
         self.pipeline_options(resize, intensity, zoom, zoom_p)
         self.predict_csv = predict_csv
         self.root = Path(root).expanduser()
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else self.root / ".langseg_cache"
         self.csv_files = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.mean, self.std = mean, std
 
@@ -209,9 +216,14 @@ class ImageTextMaskDataModule(SegmentationDataModule):
         if split == "predict":
             return ImageTextMaskDataset(self.root / self.predict_csv, self.image_size, self.in_channels, self.mean,
                                         self.std, require_mask=False, **pipeline)
-        return ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
-                                    self.mean, self.std, **pipeline,
-                                    augmentation=self.train_augmentation() if split == "train" else None)
+        dataset = ImageTextMaskDataset(self.root / self.csv_files[split], self.image_size, self.in_channels,
+                                       self.mean, self.std, **pipeline,
+                                       augmentation=self.train_augmentation() if split == "train" else None)
+        return CachedImageDataset(dataset, self.cache_dir, self.num_workers) if self.cache else dataset
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Scales and normalises the cached integer images of a batch on its device (``to_model_input``)."""
+        return to_model_input(batch, self.mean, self.std) if isinstance(batch, dict) else batch
 
 
 class SyntheticReferringDataModule(SegmentationDataModule):

@@ -325,12 +325,27 @@ class ImageTextMaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        image = self.load_image(row["image"])
         mask = self.load_mask(row["mask"]) if row["mask"] is not None else None
+        return self.make_item(index, *self.finish_sample(self.load_image(row["image"]), mask))
+
+    @property
+    def per_sample_pipeline(self) -> bool:
+        """True when a decoded image needs more than ``(x - mean) / std``: a training zoom or a per-image
+        intensity normalisation (a loader cache then finishes its samples with ``finish_sample``)."""
+        return self.augmentation is not None or self.intensity != "unit"
+
+    def finish_sample(self, image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The resized ``[0, 1]`` image and its mask through ``augmentation`` (with a mask), then ``intensity``."""
         if self.augmentation is not None and mask is not None:
             image, mask = (t[0] for t in self.augmentation(image[None], mask[None])[:2])
+        return normalize_intensity(image, self.intensity, self.mean, self.std), mask
+
+    def make_item(self, index: int, image: Tensor, mask: Tensor | None) -> dict[str, Any]:
+        """The sample of row ``index`` holding ``image`` and ``mask`` as given (prepared by ``__getitem__``, or
+        read from a loader cache)."""
+        row = self.rows[index]
         item = {
-            "image": normalize_intensity(image, self.intensity, self.mean, self.std),
+            "image": image,
             "text": row["text"],
             "id": row["id"],
             "image_path": str(row["image"]),

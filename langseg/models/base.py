@@ -27,6 +27,27 @@ from langseg.metrics import SegmentationMetrics
 
 TEXT_ENCODER_PREFIX = "text_encoder."
 NEUTRAL_TEXT = ""  # the text of test/dice_no_text: the tokenizer's special tokens alone
+FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def use_fused_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Switches an Adam/AdamW whose ``fused`` and ``foreach`` were left unset to its fused kernel (one kernel for
+    every parameter's update, on CPU and CUDA; torch picks the slower ``foreach`` or per-parameter loop otherwise).
+    The update is the same algorithm; returns whether the optimiser was switched."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    if not isinstance(optimizer, FUSABLE_OPTIMIZERS):
+        return False
+    groups = optimizer.param_groups
+    params = [p for group in groups for p in group["params"]]
+    supported = _get_fused_kernels_supported_devices()
+    if any(g.get("fused") is not None or g.get("foreach") is not None or g.get("differentiable") for g in groups) or \
+            not all(p.device.type in supported and p.is_floating_point() for p in params):
+        return False
+    for group in groups:
+        group["fused"] = True
+    optimizer.defaults["fused"] = True
+    return True
 
 
 def adamw(lr: float, weight_decay: float = 1e-2) -> OptimizerCallable:
@@ -50,6 +71,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         text_encoder: ``"minilm"`` (packaged), ``"tiny"`` (tests) or a local transformers folder.
         freeze_text_encoder: keep the text encoder fixed and cache each distinct text's features.
         max_text_length: tokens kept per text (longer texts are truncated with a warning).
+        text_cache_mb: most MiB of frozen text features kept (least recently used dropped first; None: no bound).
+        text_cache_dtype: how cached text features are stored (``"float16"`` halves the memory; returned as fp32).
         dice_weight, bce_weight: weights of the default Dice + BCE loss.
         threshold: probability above which a pixel is foreground (metrics, predictions).
         optimizer: builds the optimiser from the trainable parameters (``--model.optimizer``).
@@ -57,6 +80,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
             schedule (``default_lr_scheduler``), None or False = none.
         augmentation: training-time batch transform ``augmentation(image, mask, *aligned) -> (image, mask,
             *aligned)``; True = the method's paper default (``default_augmentation``), False = none.
+        fused_optimizer: step Adam/AdamW with their fused kernel (``use_fused_step``).
     """
 
     paper: str = ""  # the method's publication, shown by ``langseg list-models``
@@ -72,12 +96,15 @@ class LanguageGuidedSegmenter(L.LightningModule):
         text_encoder: str = "minilm",
         freeze_text_encoder: bool = True,
         max_text_length: int = 32,
+        text_cache_mb: float | None = 512.0,
+        text_cache_dtype: Literal["float16", "float32"] = "float16",
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         threshold: float = 0.5,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2),
         lr_scheduler: LRSchedulerCallable | bool | None = True,
         augmentation: nn.Module | bool = True,
+        fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(NOT_HYPERPARAMETERS))
@@ -89,6 +116,7 @@ class LanguageGuidedSegmenter(L.LightningModule):
             raise ConfigError(f"{type(self).__name__} cannot run without text (use_text=false); "
                               f"use the 'unet' baseline for an image-only model")
         self.in_channels = in_channels
+        self.fused_optimizer = fused_optimizer
         self.use_text = use_text
         self.optimizer = optimizer
         self.lr_scheduler = self.default_lr_scheduler() if lr_scheduler is True else lr_scheduler or None
@@ -96,7 +124,8 @@ class LanguageGuidedSegmenter(L.LightningModule):
         self.text_encoder: TextEncoder | None = None
         if use_text:
             self.text_encoder = TextEncoder(text_encoder, freeze=freeze_text_encoder, max_length=max_text_length,
-                                            padding=self.text_padding, output_hidden_states=self.text_hidden_states)
+                                            padding=self.text_padding, output_hidden_states=self.text_hidden_states,
+                                            cache_mb=text_cache_mb, cache_dtype=text_cache_dtype)
         self.val_metrics = SegmentationMetrics(threshold)
         self.test_metrics = SegmentationMetrics(threshold)
         self.test_swapped_metrics = SegmentationMetrics(threshold)
@@ -276,8 +305,11 @@ class LanguageGuidedSegmenter(L.LightningModule):
                 "mask": prob > self.hparams.threshold}
 
     def configure_optimizers(self) -> Any:
-        """``optimizer`` over the trainable parameters, with ``lr_scheduler`` when one is set."""
+        """``optimizer`` over the trainable parameters (Adam/AdamW with their fused kernel unless ``fused_optimizer``
+        is False or the optimiser chose ``foreach``/``fused`` itself), with ``lr_scheduler`` when one is set."""
         optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.fused_optimizer:
+            use_fused_step(optimizer)
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

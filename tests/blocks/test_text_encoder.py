@@ -7,6 +7,7 @@ from langseg.blocks.text_encoder import TextEncoder
 from langseg.errors import ConfigError
 from tests.hf_folders import write_biomedbert_folder, write_clip_folder, write_cxr_bert_folder
 
+CACHE_RTOL = 2**-10  # the cache stores fp16 by default: relative rounding <= 2**-11
 TEXTS = ["One infected area in the upper left lung.", "All lesions: bilateral pulmonary infection, three infected areas."]
 
 
@@ -95,7 +96,7 @@ def _same_hidden_states(enc: TextEncoder, reference: torch.nn.Module, texts: lis
     mask = batch["attention_mask"].bool()
     assert len(feats.hidden_states) == len(expected)
     for got, want in zip(feats.hidden_states, expected):
-        assert torch.allclose(got[mask], want[mask], atol=1e-5)
+        assert torch.allclose(got[mask], want[mask], rtol=CACHE_RTOL, atol=1e-5)
 
 
 def test_cxr_bert_folder_loads_as_plain_bert_with_the_masked_lm_hidden_states(tmp_path):
@@ -136,9 +137,10 @@ def test_kept_padding_features_are_the_encoders_and_survive_the_cache():
     first, again, plain, ref = cached(TEXTS), cached(TEXTS[::-1]), direct(TEXTS), zeroed(TEXTS)
     pad = ~first.mask
     assert pad.any() and (first.tokens[pad].abs().sum(-1) > 0).all()  # the encoder's outputs at [PAD]
-    assert torch.allclose(first.tokens, plain.tokens, atol=1e-5) and torch.allclose(again.tokens[0], first.tokens[1])
-    assert torch.allclose(first.hidden_states[2], plain.hidden_states[2], atol=1e-5)
-    assert torch.allclose(first.sentence, ref.sentence, atol=1e-5) and torch.equal(first.mask, ref.mask)
+    assert torch.allclose(first.tokens, plain.tokens, rtol=CACHE_RTOL, atol=1e-5)
+    assert torch.equal(again.tokens[0], first.tokens[1])
+    assert torch.allclose(first.hidden_states[2], plain.hidden_states[2], rtol=CACHE_RTOL, atol=1e-5)
+    assert torch.allclose(first.sentence, ref.sentence, rtol=CACHE_RTOL, atol=1e-5) and torch.equal(first.mask, ref.mask)
     with pytest.raises(ConfigError, match="zero_padding=False"):
         TextEncoder("tiny", zero_padding=False)
 
@@ -164,3 +166,54 @@ def test_a_loaded_encoder_follows_its_parents_mode_and_a_frozen_one_encodes_with
     assert all(m.training for m in enc.modules())  # no stray eval-mode modules for Lightning's fit-start check
     first, second = enc(["left lung"]).tokens, enc(["left lung"]).tokens
     assert torch.equal(first, second) and all(m.training for m in enc.modules())
+
+
+def _distinct_texts(n: int) -> list[str]:
+    return [f"lesion {k} in the left lung" for k in range(n)]
+
+
+def test_cache_stays_within_its_bound_and_drops_the_least_recently_used_text(monkeypatch):
+    probe = TextEncoder("tiny", output_hidden_states=True, cache_mb=None)
+    probe(_distinct_texts(1))
+    per_text = probe.cached_bytes
+    enc = TextEncoder("tiny", output_hidden_states=True, cache_mb=3.5 * per_text / 2**20)
+    texts = _distinct_texts(4)
+    enc(texts[:3])
+    enc(texts[:1])  # texts[0] is now the most recently used
+    enc(texts[3:])
+    assert enc.cached_bytes <= enc.cache_bytes and list(enc._cache) == [texts[2], texts[0], texts[3]]
+    calls = []
+    original = enc.model.forward
+    monkeypatch.setattr(enc.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or original(*a, **k))
+    enc([texts[0], texts[1]])
+    assert calls == [1]  # texts[1] was dropped and is encoded again; texts[0] was kept
+
+
+def test_features_are_the_same_cached_or_just_encoded_and_fp16_is_close_to_fp32():
+    half = TextEncoder("tiny", output_hidden_states=True)
+    full = TextEncoder("tiny", output_hidden_states=True, cache_dtype="float32")
+    new, again, exact = half(TEXTS), half(TEXTS), full(TEXTS)
+    assert new.tokens.dtype == torch.float32 and torch.equal(new.tokens, again.tokens)
+    assert torch.equal(new.hidden_states[1], again.hidden_states[1])
+    assert not torch.equal(new.tokens, exact.tokens)  # rounded to fp16 ...
+    assert torch.allclose(new.tokens, exact.tokens, rtol=CACHE_RTOL, atol=1e-6)  # ... and no further
+    assert half.cached_bytes * 2 == full.cached_bytes
+
+
+def test_a_zero_bound_caches_nothing_and_a_negative_one_is_refused():
+    enc = TextEncoder("tiny", cache_mb=0)
+    feats = enc(TEXTS)
+    assert feats.tokens.shape[0] == 2 and not enc._cache and enc.cached_bytes == 0
+    with pytest.raises(ConfigError, match="cache_mb=-1"):
+        TextEncoder("tiny", cache_mb=-1)
+    with pytest.raises(ConfigError, match="cache_dtype='bfloat8'"):
+        TextEncoder("tiny", cache_dtype="bfloat8")
+
+
+def test_cached_fp16_features_come_back_fp32_under_bf16_autocast():
+    enc = TextEncoder("tiny", output_hidden_states=True)
+    plain = enc(TEXTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new, again = TextEncoder("tiny", output_hidden_states=True)(TEXTS), enc(TEXTS)
+    assert new.tokens.dtype == again.hidden_states[0].dtype == torch.float32
+    assert torch.equal(new.tokens, plain.tokens) and torch.equal(again.sentence, plain.sentence)

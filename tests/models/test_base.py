@@ -204,3 +204,25 @@ def test_all_empty_training_masks_warn_with_the_csv(tmp_path, one_thread):
     dm = ImageTextMaskDataModule(str(data), image_size=32, batch_size=2, num_workers=0)
     with pytest.warns(UserWarning, match=r"train.csv: every training mask of epoch 0 is empty"):
         trainer.fit(TextGate(text_encoder="tiny"), dm)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_steps_with_its_fused_kernel_unless_turned_off_and_updates_the_same(fused):
+    batch = synthetic_batch()
+    weights = []
+    for use in (fused, not fused):
+        torch.manual_seed(0)
+        model = TextGate(text_encoder="tiny", fused_optimizer=use,
+                         optimizer=lambda params: torch.optim.AdamW(params, lr=0.05))
+        opt = model.configure_optimizers()
+        assert opt.param_groups[0]["fused"] is (True if use else None)
+        for _ in range(3):
+            text = model.encode_text(batch["text"])
+            loss = model.compute_loss(model(batch["image"], text), batch["mask"], text)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
+    foreach = TextGate(text_encoder="tiny", optimizer=lambda params: torch.optim.AdamW(params, foreach=False))
+    assert foreach.configure_optimizers().param_groups[0]["fused"] is None  # the user's choice is kept

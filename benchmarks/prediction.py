@@ -1,0 +1,125 @@
+"""Prediction throughput: ``langseg predict``'s loop (loader, model, masks and overlays written) against the bare
+forward pass of the same model on the same batches.
+
+    PYTHONPATH=. python benchmarks/prediction.py            # full run, writes its section of docs/benchmarks.md
+    PYTHONPATH=. python benchmarks/prediction.py --quick    # 32 images, one repeat, prints only
+
+Data: a generic-format folder of 512x512 8-bit PNGs with masks (like MosMedData+), generated in a temporary
+folder and read through the loader cache (built before the timings); the model: the paper-size U-Net (``unet``, random initialisation, so its masks are noisy: a worst case for
+PNG compression) at 224x224, batch 16, 2 loader workers. The predict loop is ``Trainer.predict`` with the
+``PredictionWriter`` that ``langseg predict`` registers, timed from ``on_predict_start`` to the end of
+``on_predict_end`` (every file written); start-up (imports, checkpoint loading) is left out. Three variants
+run interleaved in one process, ``--repeats`` times; the reported numbers are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class LoopTimer(L.Callback):
+    """Seconds from the start of the predict loop to the end of ``on_predict_end`` (listed after the writer)."""
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def inline_writer(output_dir: Path) -> Any:
+    """The ``PredictionWriter`` with its files written on the prediction loop itself (how it wrote before)."""
+    from langseg.callbacks import PredictionWriter
+
+    class Inline:
+        def submit(self, job) -> None:
+            job()
+
+        def close(self, raise_error: bool = True) -> None:
+            pass
+
+    class InlinePredictionWriter(PredictionWriter):
+        def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self._writer = Inline()
+
+    return InlinePredictionWriter(str(output_dir))
+
+
+def predict_seconds(model, dm, writer) -> float:
+    timer = LoopTimer()
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[writer, timer])
+    trainer.predict(model, dm, return_predictions=False)
+    return timer.seconds
+
+
+@torch.no_grad()
+def bare_seconds(model, batches: list[dict]) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        model.segment(batch["image"], batch["text"])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="32 images, one repeat; prints instead of writing docs")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    opts = parser.parse_args()
+    import langseg
+    from benchmarks.common import load_average, machine, write_png_split, write_section
+    from langseg.callbacks import PredictionWriter
+    from langseg.data import ImageTextMaskDataModule
+
+    images, repeats = (32, 1) if opts.quick else (opts.images, opts.repeats)
+    root = Path(tempfile.mkdtemp(prefix="langseg_predict_bench_"))
+    write_png_split(root / "data", images, 512, split="test")
+    dm = ImageTextMaskDataModule(str(root / "data"), image_size=224, batch_size=16, num_workers=2)
+    torch.manual_seed(0)
+    model = langseg.create_model("unet").eval()
+    dm.setup("predict")
+    batches = [dm.on_after_batch_transfer(batch, 0) for batch in dm.predict_dataloader()]
+    times: dict[str, list[float]] = {"bare": [], "threaded": [], "inline": []}
+    for k in range(repeats):
+        times["bare"].append(bare_seconds(model, batches))
+        times["threaded"].append(predict_seconds(model, dm, PredictionWriter(str(root / f"out_t{k}"))))
+        times["inline"].append(predict_seconds(model, dm, inline_writer(root / f"out_i{k}")))
+    written = len(list((root / "out_t0" / "overlays").glob("*.png")))
+    rate = {name: images / statistics.median(t) for name, t in times.items()}
+    ratios = [b / t for b, t in zip(times["bare"], times["threaded"])]
+    command = "PYTHONPATH=. python benchmarks/prediction.py" + (" --quick" if opts.quick else "")
+    text = "\n".join([
+        "## Prediction pipeline\n",
+        f"Command: `{command}` ({machine()}; {load_average()} at the end of the run). {images} images of "
+        f"512x512 (PNG, with masks), paper-size U-Net at 224x224, batch 16, 2 loader workers; {repeats} "
+        f"interleaved repeats, medians. Every run wrote {written} masks and {written} overlays.\n",
+        "| variant | images/s | vs bare forward |",
+        "|---|---|---|",
+        f"| bare forward (`model.segment` on the same batches, pre-loaded) | {rate['bare']:.2f} | 1.00 |",
+        f"| `langseg predict` loop, files written on a writer thread (now) | {rate['threaded']:.2f} | "
+        f"**{rate['threaded'] / rate['bare']:.2f}x** |",
+        f"| `langseg predict` loop, files written on the loop (before) | {rate['inline']:.2f} | "
+        f"{rate['inline'] / rate['bare']:.2f}x |",
+        "",
+        f"Per-repeat ratio of the writer-thread loop to the bare forward: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)} (target >= 0.8x).\n",
+    ])
+    sys.stdout.write(text)
+    if not opts.quick:
+        write_section(Path(opts.output), "prediction", text)
+
+
+if __name__ == "__main__":
+    main()
