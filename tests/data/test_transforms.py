@@ -14,7 +14,8 @@ from langseg.errors import ConfigError
 
 
 def _module(folder, **options) -> ImageTextMaskDataModule:
-    dm = ImageTextMaskDataModule(str(folder), image_size=32, num_workers=0, **options)
+    """The datamodule without the loader cache: samples as decoded (tests/data/test_cache.py covers the cache)."""
+    dm = ImageTextMaskDataModule(str(folder), image_size=32, num_workers=0, cache=False, **options)
     dm.setup("fit")
     return dm
 

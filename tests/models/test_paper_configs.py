@@ -70,7 +70,8 @@ def test_paper_config_prepares_the_data_as_the_official_code(config, intensity, 
     monkeypatch.chdir(REPO)
     cli = build_cli(["--config", f"configs/{config}.yaml", "--model.init_args.encoder_name", "convnext_atto",
                      "--data.init_args.root", str(generic_folder), "--data.init_args.image_size", "64",
-                     "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"], run=False)
+                     "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+                     "--data.init_args.cache", "false"], run=False)  # as decoded; the cache: tests/data/test_cache.py
     dm = cli.datamodule
     assert (dm.preprocessing()["resize"], dm.preprocessing()["intensity"], dm.zoom, dm.zoom_p) == (
         "bicubic", intensity, (0.95, 1.2), 0.1)
