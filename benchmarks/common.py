@@ -39,31 +39,6 @@ def write_section(path: Path, name: str, text: str) -> None:
     atomic_write_text(path, new)
 
 
-def write_png_split(root: Path, n: int, image_size: int, split: str = "train", seed: int = 0) -> Path:
-    """``root/{images,masks}/<split>_<k>.png`` (8-bit gray, ``image_size``²) and ``root/<split>.csv`` in the generic
-    format, from the embedded data's procedural samples (smooth lungs and lesions: PNGs that compress like films)."""
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    from langseg.data.synthetic import make_referring_sample
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(exist_ok=True)
-    rng = np.random.default_rng(seed)
-    with (root / f"{split}.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "mask", "text"])
-        for k in range(n):
-            sample = make_referring_sample(image_size, rng)
-            name = f"{split}_{k}.png"
-            Image.fromarray((sample.image * 255).astype(np.uint8)).save(root / "images" / name)
-            Image.fromarray(sample.mask.astype(np.uint8) * 255).save(root / "masks" / name)
-            writer.writerow([f"images/{name}", f"masks/{name}", sample.text])
-    return root
-
-
 def fit_and_test(model: L.LightningModule, max_epochs: int = 6, seed: int = 0, **data_kwargs: Any) -> dict[str, float]:
     """Train ``model`` on the synthetic referring data, then test; adds ``fit_seconds``."""
     L.seed_everything(seed, verbose=False)

@@ -17,6 +17,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+import numpy as np
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,14 +66,15 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     opts = parser.parse_args()
     import langseg
-    from benchmarks.common import load_average, machine, write_png_split, write_section
+    from benchmarks.common import load_average, machine, write_section
+    from langseg.data.synthetic import write_generic_split
     from langseg.data import ImageTextMaskDataModule
 
     images, repeats = (128, 1) if opts.quick else (opts.images, opts.repeats)
     tmp = Path(tempfile.mkdtemp(prefix="langseg_loader_bench_"))
     rows = []
     for source in (512, 224):
-        root = write_png_split(tmp / f"png{source}", images, source)
+        root = write_generic_split(tmp / f"png{source}", "train", images, source, np.random.default_rng(0))
 
         def module(cache: bool, workers: int = 2) -> ImageTextMaskDataModule:
             return ImageTextMaskDataModule(str(root), image_size=224, batch_size=16, num_workers=workers, cache=cache)

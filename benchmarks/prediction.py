@@ -18,6 +18,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+import numpy as np
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +81,14 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     opts = parser.parse_args()
     import langseg
-    from benchmarks.common import load_average, machine, write_png_split, write_section
+    from benchmarks.common import load_average, machine, write_section
+    from langseg.data.synthetic import write_generic_split
     from langseg.callbacks import PredictionWriter
     from langseg.data import ImageTextMaskDataModule
 
     images, repeats = (32, 1) if opts.quick else (opts.images, opts.repeats)
     root = Path(tempfile.mkdtemp(prefix="langseg_predict_bench_"))
-    write_png_split(root / "data", images, 512, split="test")
+    write_generic_split(root / "data", "test", images, 512, np.random.default_rng(0))
     dm = ImageTextMaskDataModule(str(root / "data"), image_size=224, batch_size=16, num_workers=2)
     torch.manual_seed(0)
     model = langseg.create_model("unet").eval()

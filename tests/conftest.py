@@ -2,38 +2,25 @@
 embedded data, and the model registry restored after every test."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import langseg.models  # noqa: F401 - registers the built-in models before _restore_registry saves them
 from langseg import registry
 from langseg.data import SyntheticReferringDataModule
-from langseg.data.synthetic import make_referring_sample
+from langseg.data.synthetic import write_generic_split
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def write_generic_folder(root: Path, sizes: dict[str, int] | None = None, image_size: int = 40) -> Path:
     """Write ``root/{images,masks}/`` PNGs and ``{train,val,test}.csv`` from synthetic samples."""
-    sizes = sizes or {"train": 8, "val": 4, "test": 4}
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    for split, n in sizes.items():
-        with (root / f"{split}.csv").open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image", "mask", "text"])
-            for i in range(n):
-                s = make_referring_sample(image_size, rng)
-                name = f"{split}_{i}.png"
-                Image.fromarray((s.image * 255).astype(np.uint8)).save(root / "images" / name)
-                Image.fromarray(s.mask * 255).save(root / "masks" / name)
-                writer.writerow([f"images/{name}", f"masks/{name}", s.text])
+    for split, n in (sizes or {"train": 8, "val": 4, "test": 4}).items():
+        write_generic_split(root, split, n, image_size, rng)
     return root
 
 

@@ -14,9 +14,15 @@ on the *right* of the image. A horizontal flip therefore changes the meaning of 
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from langseg.files import atomic_write, atomic_write_text
 
 ZONES = ("upper right", "upper left", "lower right", "lower left")  # patient's sides; image left = patient right
 NUMBERS = {1: "one", 2: "two", 3: "three"}
@@ -177,3 +183,23 @@ def referring_variants(size: int, rng: np.random.Generator) -> list[ReferringSam
     found = [_zone_reference(les) for les in lesions] + [_side_reference(lesions, side) for side in _sides(lesions)]
     found += [_all_reference(lesions), _size_reference(lesions, largest=True), _size_reference(lesions, largest=False)]
     return [_sample(image, ref, None) for ref in found]
+
+
+def write_generic_split(root: str | Path, split: str, n: int, image_size: int, rng: np.random.Generator) -> Path:
+    """``n`` samples drawn from ``rng`` as a split of a generic-format folder: ``root/{images,masks}/<split>_<k>.png``
+    (8-bit gray, ``image_size``²; masks 0/255) and ``root/<split>.csv`` (``image,mask,text``); each file written
+    atomically. Returns ``root``."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["image", "mask", "text"])
+    for k in range(n):
+        sample = make_referring_sample(image_size, rng)
+        name = f"{split}_{k}.png"
+        for folder, pixels in (("images", (sample.image * 255).astype(np.uint8)), ("masks", sample.mask * 255)):
+            atomic_write(root / folder / name, lambda tmp, pixels=pixels: Image.fromarray(pixels).save(tmp, format="PNG"))
+        writer.writerow([f"images/{name}", f"masks/{name}", sample.text])
+    atomic_write_text(root / f"{split}.csv", table.getvalue())
+    return root
