@@ -76,11 +76,14 @@ class RunLogger(CSVLogger):
 
 
 def check_output_dir(option: str, folder: str | Path) -> None:
-    """Creates ``folder`` and checks a file can be written in it, or a ConfigError naming the option."""
-    path = Path(folder).expanduser()
+    """Checks that ``folder`` (or, while it does not exist, its nearest existing parent) is a folder a file can be
+    written in, or a ConfigError naming the option; creates nothing, so a run refused later leaves no folder."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         what = "is not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else "is not writable"

@@ -56,6 +56,11 @@ def written_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+def written_paths(root: Path) -> list[Path]:
+    """Every file and folder under ``root``."""
+    return sorted(root.rglob("*")) if root.exists() else []
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A folder holding ``unet.ckpt``: the tiny U-Net of configs/unet.yaml after one short fit."""
@@ -111,10 +116,10 @@ def trained(tmp_path_factory) -> Path:
 def test_bad_configuration_is_one_line_before_any_work(tmp_path, capsys, case, files, args, expected):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    before = written_files(tmp_path)
+    before = written_paths(tmp_path)
     line = the_error(*run_main("fit", *args[:2], *TINY, *args[2:], cwd=tmp_path, capsys=capsys)[::2])
     assert expected in line
-    assert written_files(tmp_path) == before  # no run folder, no checkpoint, no saved config
+    assert written_paths(tmp_path) == before  # no run folder (not even an empty one), no checkpoint, no saved config
 
 
 def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys):

@@ -95,6 +95,7 @@ class CachedImageDataset(Dataset):
     def __init__(self, dataset: ImageTextMaskDataset, cache_dir: str | Path, num_workers: int = 0) -> None:
         self.dataset = dataset
         self.source = dataset.source
+        self.columns = dataset.columns  # the CSV's extra columns: they choose the test protocols' texts
         self.cache_dir = Path(cache_dir)
         check_cache_dir(self.cache_dir)
         stem = f"{dataset.source.stem}-{_fingerprint(dataset)}"

@@ -28,6 +28,7 @@ def test_cached_samples_match_the_decoded_ones(generic_folder, tmp_path):
     indices = list(range(len(plain)))
     got, want = _batch(cached, indices), default_collate([plain[i] for i in indices])
     assert got.keys() == want.keys() and got["id"] == want["id"] and got["text"] == want["text"]
+    assert cached.columns == plain.columns and cached.where_of(2) == plain.where_of(2)
     assert got["image"].shape == (8, 3, 32, 32) and torch.equal(got["mask"], want["mask"])
     assert torch.allclose(got["image"], want["image"], atol=0.5 / 255 / 0.25 + 1e-6)  # uint8: half a grey level
     batched = default_collate(cached.__getitems__([5, 1, 5]))  # one indexed read, any order, repeats
