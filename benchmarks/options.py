@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +27,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fp32 only, 64 training images; prints only")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
     rows = []
     for name, precision, opts in OPTIONS[:1] if args.quick else OPTIONS:
         L.seed_everything(0, verbose=False)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -223,7 +222,6 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    warnings.filterwarnings("ignore")
     if opts.child:
         result = {"model": lambda: measure_model(opts.arg, opts.quick, opts.precision),
                   "cache": lambda: measure_cache(opts.quick), "overhead": lambda: measure_overhead(opts.quick)}[opts.child]()
