@@ -23,6 +23,17 @@ COLUMNS = [("config", "config"), ("model", "model"), ("params_m", "params (M)"),
 SCORES = ("dice", "miou", "dice_pooled", "miou_pooled", "dice_swapped_text", "dice_no_text")
 
 
+def inference_macs(model: torch.nn.Module, image: torch.Tensor, text: str) -> int:
+    """Multiply-adds of ``model``'s inference forward pass on ``image`` with ``text`` encoded beforehand (the text
+    encoder's share left out); the model is back in training mode afterwards."""
+    model.eval()  # the inference graph: training-only heads off
+    with torch.no_grad():
+        features = model.encode_text([text]) if model.use_text else None
+        macs = count_macs(lambda: model(image, features))
+    model.train()  # fit() keeps the mode it finds: back to training mode (BatchNorm, dropout)
+    return macs
+
+
 def run_config(config: str, run_dir: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Fit then test one config (CLI arguments ``extra_args`` appended) with its outputs under ``run_dir``;
     returns one table row."""
@@ -31,10 +42,7 @@ def run_config(config: str, run_dir: Path, extra_args: Sequence[str] = ()) -> di
     dm.setup("fit")
     sample = dm.dataset("val")[0]
     image = sample["image"].unsqueeze(0)
-    model.eval()  # MACs of the inference graph (training-only heads off)
-    with torch.no_grad():
-        macs = count_macs(lambda: model(image, model.encode_text([sample["text"]])))
-    model.train()  # fit() keeps the mode it finds: back to training mode (BatchNorm, dropout)
+    macs = inference_macs(model, image, sample["text"])
     start = time.perf_counter()
     trainer.fit(model, dm)
     fit_seconds = time.perf_counter() - start
@@ -87,7 +95,8 @@ def compare(configs: Sequence[str], output_dir: str | Path, extra_args: Sequence
         rows.append(run_config(config, output_dir / Path(config).stem, extra_args))
     size = rows[0]["image_size"] if rows else 0
     note = (f"\nGFLOPs: multiply-adds of one forward pass at {size}x{size}, text encoder excluded. "
-            f"Params exclude the text encoder. Dice/mIoU are per-image means; see docs/metrics.md.\n")
+            f"Params exclude the text encoder. Dice/mIoU are per-image means; *swapped text*: each image segmented "
+            f"with another image's (different) text; *no text*: with the empty text; see docs/metrics.md.\n")
     atomic_write_text(output_dir / "comparison.md", markdown_table(rows) + note)
     atomic_write_text(output_dir / "comparison.json", json.dumps(rows, indent=2) + "\n")
     bar_chart(rows, output_dir / "comparison.png")

@@ -5,9 +5,14 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 
+import langseg
 from langseg.cli import main
+from langseg.compare import inference_macs
+from langseg.profiling import count_macs
+from tests.tiny_models import tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,3 +46,16 @@ class RequireTrainingMode(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         in_eval = [name for name, module in pl_module.named_modules() if not module.training]
         assert not in_eval, f"modules in eval mode during training: {in_eval[:5]}"
+
+
+def test_the_table_s_flops_leave_the_text_encoder_out():
+    model = langseg.create_model("lsms", **tiny_overrides("lsms"))
+    image = torch.rand(1, 1, 64, 64)  # the coarsest stage 2 x 2: instance norm needs more than one pixel
+    text = "One infected area in the upper left lung."
+    macs = inference_macs(model, image, text)
+    assert all(module.training for module in model.net.modules())  # back in training mode for fit()
+    model.eval()
+    with torch.no_grad():
+        network_only = count_macs(lambda: model.net(image, model.encode_text([text])))
+        encoder_only = count_macs(lambda: model.encode_text(["A text the cache has not seen."]))
+    assert encoder_only > 0 and macs == network_only  # the encoder's multiply-adds are not in the table
