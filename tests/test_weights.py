@@ -7,6 +7,7 @@ import torch
 
 from langseg.errors import ConfigError
 from langseg.models.guidedecoder import GuideDecoderNet
+from langseg.models.mmi_unet import MMIUNetNet
 from langseg.weights import load_hf_convnext
 from tests.hf_folders import write_convnext_folder
 
@@ -57,6 +58,17 @@ def test_guidedecoder_encoder_weights_option_loads_a_hf_folder(tmp_path, one_thr
     image = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net.encoder(image)[0], hf_stage_outputs(hf, image)[0], atol=1e-5)
+
+
+def test_mmi_unet_encoder_weights_option_loads_a_hf_folder(tmp_path, one_thread):
+    hf = write_convnext_folder(tmp_path / "convnext-atto", (2, 2, 6, 2), (40, 80, 160, 320))
+    net = MMIUNetNet(text_dim=32, encoder_name="convnext_atto", encoder_weights=str(tmp_path / "convnext-atto")).eval()
+    image = torch.randn(1, 3, 32, 32)
+    first_stage = image
+    with torch.no_grad():  # Bridgers sit between the stages: compare the stem and first stage with the HF model's
+        for name in ("stem_0", "stem_1", "stages_0"):
+            first_stage = getattr(net.encoder, name)(first_stage)
+    assert torch.allclose(first_stage, hf_stage_outputs(hf, image)[0], atol=1e-5)
 
 
 def test_wrong_size_or_foreign_weights_name_the_file(tmp_path):

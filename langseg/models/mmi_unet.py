@@ -40,11 +40,13 @@ class MMIUNetNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, text_dim: int = 384, encoder_name: str = "convnext_tiny",
                  encoder_checkpoint: str | None = None, heads: int = 8, ffn_dim: int = 128, dropout: float = 0.1,
-                 head_channels: int = 24, mask_padding: bool = False, last_bridger_text: bool = True) -> None:
+                 head_channels: int = 24, mask_padding: bool = False, last_bridger_text: bool = True,
+                 encoder_weights: str | None = None) -> None:
         super().__init__()
         self.mask_padding = mask_padding
         self.encoder_in_channels = 3 if in_channels == 1 else in_channels
-        self.encoder = create_feature_encoder(encoder_name, self.encoder_in_channels, encoder_checkpoint)
+        self.encoder = create_feature_encoder(encoder_name, self.encoder_in_channels, encoder_checkpoint,
+                                              encoder_weights)
         if not isinstance(self.encoder, FeatureListNet):
             raise ConfigError(f"timm encoder '{encoder_name}' has no sequential feature stages to insert Bridgers "
                               f"between; use a convolutional backbone such as convnext_tiny or resnet18")
@@ -94,7 +96,9 @@ class MMIUNetNet(nn.Module):
 @register_model("mmi_unet")
 class MMIUNet(LanguageGuidedSegmenter):
     """MMI-UNet: an ``MMIUNetNet`` trained with Dice + BCE; official recipe AdamW at 3e-4 with cosine annealing
-    (200 epochs, to 1e-6) and a random zoom (0.95-1.2, p=0.1). Text is padded to ``max_text_length`` tokens."""
+    (200 epochs, to 1e-6) and a random zoom (0.95-1.2, p=0.1). Text is padded to ``max_text_length`` tokens.
+    Image-encoder weights: ``encoder_checkpoint`` (a timm checkpoint file) or ``encoder_weights`` (a Hugging Face
+    ConvNeXt folder such as ``facebook/convnext-tiny-224``, or its weights file), as for GuideDecoder."""
 
     paper = 'Bui et al., MMI-UNet (official code: nguyenpbui/MMI-UNet)'
 
@@ -103,12 +107,12 @@ class MMIUNet(LanguageGuidedSegmenter):
 
     def __init__(self, encoder_name: str = "convnext_tiny", encoder_checkpoint: str | None = None, heads: int = 8,
                  ffn_dim: int = 128, dropout: float = 0.1, head_channels: int = 24, mask_padding: bool = False,
-                 last_bridger_text: bool = True, max_text_length: int = 24,
+                 last_bridger_text: bool = True, max_text_length: int = 24, encoder_weights: str | None = None,
                  optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
                  **kwargs: Any) -> None:
         super().__init__(max_text_length=max_text_length, optimizer=optimizer, **kwargs)
         self.net = MMIUNetNet(self.in_channels, self.text_dim, encoder_name, encoder_checkpoint, heads, ffn_dim,
-                              dropout, head_channels, mask_padding, last_bridger_text)
+                              dropout, head_channels, mask_padding, last_bridger_text, encoder_weights)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs to 1e-6."""
