@@ -6,6 +6,7 @@ import difflib
 import inspect
 import logging
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -66,13 +67,22 @@ class RunLogger(CSVLogger):
         if rank_zero_only.rank != 0:  # other DDP processes read the folder from rank 0 (trainer.log_dir)
             return version
         root = Path(self.root_dir)
+        self._created = [p for p in (root, *root.parents) if not p.exists()]  # what remove_if_empty may take back
         root.mkdir(parents=True, exist_ok=True)
         while True:
             try:
                 (root / f"version_{version}").mkdir()
+                self._created.insert(0, root / f"version_{version}")
                 return version
             except FileExistsError:
                 version += 1
+
+    def remove_if_empty(self) -> None:
+        """Removes the folders this logger created (its ``version_<n>`` and the missing parents of its root), as
+        long as no file was written in them: a run refused before its first output leaves nothing behind."""
+        for folder in getattr(self, "_created", []):  # innermost first
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder)
 
 
 def check_output_dir(option: str, folder: str | Path) -> None:
@@ -280,6 +290,14 @@ class LangsegCLI(LightningCLI):
         if trainer.logger is None or trainer.logger is True:
             trainer.logger = Namespace(class_path="langseg.lightning_cli.RunLogger",
                                        init_args=Namespace(save_dir=trainer.default_root_dir or ".", name=""))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:
+            if isinstance(self.trainer.logger, RunLogger):
+                self.trainer.logger.remove_if_empty()
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)

@@ -120,7 +120,7 @@ def test_quick_config_builds_a_text_guided_model_on_synthetic_data():
     assert isinstance(cli.datamodule, SyntheticReferringDataModule)
     assert _hparams(cli.model) == _hparams(create_model("lsms_small", text_encoder="tiny"))  # lsms_small
     optimizer = cli.model.configure_optimizers()  # lr_scheduler: null
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 2e-3
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 4e-3
 
 
 def test_optimizer_options_on_the_command_line():
