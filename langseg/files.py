@@ -11,6 +11,16 @@ from typing import Callable
 from langseg.errors import OutputError
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # mkstemp creates 0600 files: outputs get the mode any other new file would have
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``; an OSError
     (read-only folder, full disk) becomes an OutputError naming ``path``, and no partial file is left."""
@@ -21,6 +31,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
         os.close(fd)
         write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError around it
         cause = err if isinstance(err, OSError) else err.__context__

@@ -1,3 +1,5 @@
+import os
+import stat
 import threading
 import time
 
@@ -46,3 +48,13 @@ def test_background_writer_error_surfaces_at_the_next_submit_once():
     with pytest.raises(OutputError, match="x.png"):
         writer.submit(lambda: None)
     writer.close()  # raised once: the caller has seen it
+
+
+def test_written_files_get_the_mode_of_any_new_file(tmp_path):
+    """mkstemp's 0600 would hide predictions and checkpoints from a shared group; the umask decides instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    written = atomic_write_text(tmp_path / "report.json", "{}")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
