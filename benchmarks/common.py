@@ -1,6 +1,7 @@
 """Helpers for the benchmark scripts: train a model on the embedded synthetic data and test it."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -69,3 +70,16 @@ class SecondEpochTimer(L.Callback):
     def median_step(self) -> float:
         """Median seconds from one batch start to the next (data wait, step, logging and hooks)."""
         return statistics.median(b - a for a, b in zip(self.stamps[:-1], self.stamps[1:]))
+
+
+def image_benchmark_options(doc: str, images: int, quick_images: int) -> tuple[argparse.Namespace, int, int]:
+    """The options of a benchmark over a folder of images (``--quick``, ``--images``, ``--repeats``, ``--output``)
+    and the number of images and repeats to run: ``quick_images`` and one repeat with ``--quick``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{quick_images} images, one repeat; prints instead of writing docs")
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    opts = parser.parse_args()
+    return opts, *((quick_images, 1) if opts.quick else (opts.images, opts.repeats))

@@ -12,7 +12,6 @@ the second (workers started, page cache warm). Before: ``cache=False`` (decode a
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -59,18 +58,13 @@ def measured_gmacs(name: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="128 images, one repeat; prints instead of writing docs")
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
-    opts = parser.parse_args()
+    from benchmarks.common import image_benchmark_options, load_average, machine, write_section
+
+    opts, images, repeats = image_benchmark_options(__doc__, 512, 128)
     import langseg
-    from benchmarks.common import load_average, machine, write_section
     from langseg.data.synthetic import write_generic_split
     from langseg.data import ImageTextMaskDataModule
 
-    images, repeats = (128, 1) if opts.quick else (opts.images, opts.repeats)
     tmp = Path(tempfile.mkdtemp(prefix="langseg_loader_bench_"))
     rows = []
     for source in (512, 224):

@@ -13,7 +13,6 @@ run interleaved in one process, ``--repeats`` times; the reported numbers are me
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -74,19 +73,14 @@ def bare_seconds(model, batches: list[dict]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="32 images, one repeat; prints instead of writing docs")
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
-    opts = parser.parse_args()
+    from benchmarks.common import image_benchmark_options, load_average, machine, write_section
+
+    opts, images, repeats = image_benchmark_options(__doc__, 96, 32)
     import langseg
-    from benchmarks.common import load_average, machine, write_section
     from langseg.data.synthetic import write_generic_split
     from langseg.callbacks import PredictionWriter
     from langseg.data import ImageTextMaskDataModule
 
-    images, repeats = (32, 1) if opts.quick else (opts.images, opts.repeats)
     root = Path(tempfile.mkdtemp(prefix="langseg_predict_bench_"))
     write_generic_split(root / "data", "test", images, 512, np.random.default_rng(0))
     dm = ImageTextMaskDataModule(str(root / "data"), image_size=224, batch_size=16, num_workers=2)
