@@ -119,14 +119,16 @@ class ConditionedInteraction(nn.Module):
     """Conditioned interaction (Eq. 1-3): text-to-vision and vision-to-text cross-attention, then the weights.
 
     ``W_poi = softmax_N(MLP(V'))`` over patches and ``W_woi = softmax_L(MLP(E'))`` over real words (padding
-    words get zero weight), both in fp32. With ``conditions=False`` (inference) only the text-to-vision
-    half runs.
+    words get zero weight), both in fp32; ``head_dropout`` drops V' and E' on their way into the two MLPs
+    (training only). With ``conditions=False`` (inference) only the text-to-vision half runs.
     """
 
-    def __init__(self, dim: int, text_dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 head_dropout: float = 0.0) -> None:
         super().__init__()
         self.text_to_vision = TextToVisionEncoder(dim, text_dim, num_heads, mlp_ratio)
         self.vision_to_text = CrossAttentionLayer(dim, num_heads, mlp_ratio)
+        self.head_dropout = nn.Dropout(head_dropout)
         self.poi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
         self.woi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
 
@@ -136,8 +138,9 @@ class ConditionedInteraction(nn.Module):
         out = InteractionOutput(v_prime.transpose(1, 2).reshape(vision.shape), v, pos, e, word_mask)
         if conditions:
             e_prime = self.vision_to_text(e, v + pos)  # Eq. 1: query E, key/value V -> (B, L, C)
-            out.w_poi = self.poi_head(v_prime).squeeze(-1).float().softmax(-1)  # Eq. 2
-            woi_logits = self.woi_head(e_prime).squeeze(-1).float().masked_fill(~word_mask, float("-inf"))
+            out.w_poi = self.poi_head(self.head_dropout(v_prime)).squeeze(-1).float().softmax(-1)  # Eq. 2
+            woi_logits = self.woi_head(self.head_dropout(e_prime)).squeeze(-1).float()
+            woi_logits = woi_logits.masked_fill(~word_mask, float("-inf"))
             out.w_woi = woi_logits.softmax(-1)  # Eq. 3
         return out
 
@@ -186,14 +189,16 @@ class OfficialConditionedInteraction(nn.Module):
 
     ``fusion`` (``OfficialInteractionFusion``) gives V' and E'; for the training heads the words go on through
     ``E'' = ReLU(BN(Conv1d_3(E')))``, then ``W_poi = softmax_N(MLP(V'))`` and ``W_woi = softmax_L(MLP(E''))``
-    over real words (Eq. 2-3). ``v`` in the output is the encoder's own coarsest map as tokens: the official
-    contrastive loss and reconstructors read it, not the embedded patches.
+    over real words (Eq. 2-3); ``head_dropout`` drops V' and E'' on their way into the two MLPs (training only;
+    the official MosMedData+ config: 0.5). ``v`` in the output is the encoder's own coarsest map as tokens: the
+    official contrastive loss and reconstructors read it, not the embedded patches.
     """
 
-    def __init__(self, dim: int, text_dim: int, num_heads: int = 4, grid: int = 14) -> None:
+    def __init__(self, dim: int, text_dim: int, num_heads: int = 4, grid: int = 14, head_dropout: float = 0.0) -> None:
         super().__init__()
         self.fusion = OfficialInteractionFusion(dim, text_dim, num_heads, grid)
         self.text_out = nn.Sequential(nn.Conv1d(dim, dim, 3, padding=1), nn.BatchNorm1d(dim), nn.ReLU())
+        self.head_dropout = nn.Dropout(head_dropout)
         self.poi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
         self.woi_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
 
@@ -203,8 +208,9 @@ class OfficialConditionedInteraction(nn.Module):
         out = InteractionOutput(v_prime.transpose(1, 2).reshape(vision.shape), v, None, e, word_mask)
         if conditions:
             e_out = self.text_out(e_prime.transpose(1, 2)).transpose(1, 2)  # (B, L, C)
-            out.w_poi = self.poi_head(v_prime).squeeze(-1).float().softmax(-1)
-            woi_logits = self.woi_head(e_out).squeeze(-1).float().masked_fill(~word_mask, float("-inf"))
+            out.w_poi = self.poi_head(self.head_dropout(v_prime)).squeeze(-1).float().softmax(-1)
+            woi_logits = self.woi_head(self.head_dropout(e_out)).squeeze(-1).float()
+            woi_logits = woi_logits.masked_fill(~word_mask, float("-inf"))
             out.w_woi = woi_logits.softmax(-1)
         return out
 
@@ -249,3 +255,104 @@ class ConditionedReconstructor(nn.Module):
         for layer in self.layers:
             x = layer(x, context, context_mask, condition)
         return self.head(self.norm(x))
+
+
+def official_attention_mask(condition: Tensor | None, num_heads: int, queries: int, keys: int, causal: bool,
+                            device: torch.device) -> Tensor | None:
+    """Additive mask of the official reconstructor's attention: ``(B*h, Nq, Nk)`` with a condition, else ``(Nq, Nk)``.
+
+    ``softmax(logits + log(W + 1e-10))`` equals the official ``softmax(logits) * (W + 1e-10)``, renormalised, for a
+    condition ``W (B, Nk)``; ``causal`` adds -inf above the diagonal (query i sees keys <= i). None if neither.
+    """
+    if condition is None and not causal:
+        return None
+    mask = torch.zeros(queries, keys, device=device)
+    if causal:
+        mask = mask.fill_(float("-inf")).triu(1)
+    if condition is None:
+        return mask
+    weighted = torch.log(condition.float() + 1e-10)[:, None, :] + mask  # (B, Nq, Nk)
+    return weighted.repeat_interleave(num_heads, 0)  # batch-major, as nn.MultiheadAttention splits heads
+
+
+class OfficialReconstructorLayer(nn.Module):
+    """Post-norm transformer-decoder layer of the official RecLMIS reconstructor (``nets/transformer/decoder.py``).
+
+    ``x = LN(x + Drop(SelfAttn(x)))`` with a causal mask (token i sees tokens <= i), then, in a layer with
+    ``cross_attention``, ``x = LN(x + Drop(CrossAttn(x, context)))``, then ``x = LN(x + Drop(W2 ReLU(W1 x)))``.
+    A condition (one weight per key) multiplies the attention probabilities, renormalised
+    (``official_attention_mask``). Hidden width ``mlp_ratio * dim`` (2 officially), dropout 0.1.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 2.0, cross_attention: bool = True,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.self_attn_norm = nn.LayerNorm(dim)
+        if cross_attention:
+            self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+            self.cross_attn_norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.final_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, self_condition: Tensor | None = None, context: Tensor | None = None,
+                context_condition: Tensor | None = None) -> Tensor:
+        """``x (B, N, C)``; ``self_condition (B, N)`` weighs the self-attention keys, ``context_condition (B, Nk)``
+        the keys of ``context (B, Nk, C)`` -> ``(B, N, C)``."""
+        n = x.shape[1]
+        mask = official_attention_mask(self_condition, self.num_heads, n, n, True, x.device)
+        attended = self.self_attn(x, x, x, attn_mask=_like(mask, x), need_weights=False)[0]
+        x = self.self_attn_norm(x + self.dropout(attended))
+        if context is not None:
+            mask = official_attention_mask(context_condition, self.num_heads, n, context.shape[1], False, x.device)
+            attended = self.cross_attn(x, context, context, attn_mask=_like(mask, x), need_weights=False)[0]
+            x = self.cross_attn_norm(x + self.dropout(attended))
+        return self.final_norm(x + self.dropout(self.fc2(F.relu(self.fc1(x)))))
+
+
+def _like(mask: Tensor | None, x: Tensor) -> Tensor | None:
+    """``mask`` in the dtype attention computes in (the autocast dtype under autocast)."""
+    if mask is None:
+        return None
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return mask.to(dtype)
+
+
+class OfficialConditionedReconstructor(nn.Module):
+    """Conditioned reconstructor Ψ as the official RecLMIS code computes it (``DualTransformer``, ``decoding=2``).
+
+    The context first passes ``depth`` layers of causal self-attention conditioned by ``W`` (``context_layers``,
+    the official ``decoder1``); the masked tokens then pass ``depth`` layers of causal self-attention,
+    cross-attention to the encoded context conditioned by ``W``, and FFN (``query_layers``, ``decoder2``).
+    The output is the last layer's tokens; a linear head maps them to ``out_dim`` only where it differs from
+    ``dim`` (the official code has none: its text target, CLIP's 512-d words, has its tokens' width).
+    """
+
+    def __init__(self, dim: int, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0,
+                 out_dim: int | None = None, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.context_layers = nn.ModuleList(OfficialReconstructorLayer(dim, num_heads, mlp_ratio, False, dropout)
+                                            for _ in range(depth))
+        self.query_layers = nn.ModuleList(OfficialReconstructorLayer(dim, num_heads, mlp_ratio, True, dropout)
+                                          for _ in range(depth))
+        self.head = nn.Linear(dim, out_dim) if out_dim not in (None, dim) else nn.Identity()
+
+    def forward(self, masked: Tensor, context: Tensor, condition: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """``masked (B, Nq, C)`` (zeroed rows), ``context (B, Nk, C)``, ``condition (B, Nk)`` -> ``(B, Nq, out_dim)``.
+
+        Keys where ``context_mask`` is False get condition weight 0 (the official code passes no mask: its
+        condition is already 0 at padding words)."""
+        if context_mask is not None:
+            condition = condition.masked_fill(~context_mask, 0.0)
+        for layer in self.context_layers:
+            context = layer(context, self_condition=condition)
+        x = masked
+        for layer in self.query_layers:
+            x = layer(x, context=context, context_condition=condition)
+        return self.head(x)

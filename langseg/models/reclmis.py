@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from langseg.blocks.augmentation import PhotometricAugmentation
 from langseg.blocks.conditioned import (ConditionedInteraction, ConditionedReconstructor,
-                                       OfficialConditionedInteraction, sample_weighted_mask)
+                                       OfficialConditionedInteraction, OfficialConditionedReconstructor,
+                                       sample_weighted_mask)
 from langseg.blocks.layers import sine_position_encoding_2d
 from langseg.blocks.text_encoder import TextFeatures
 from langseg.blocks.unet_plam import UNetDecoder, UNetEncoder
@@ -27,14 +28,24 @@ from langseg.models.base import LanguageGuidedSegmenter, adamw
 from langseg.registry import register_model, register_variant
 
 Interaction = Literal["paper", "official"]
+CclSoftmax = Literal["once", "twice"]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}; expected one of {list(choices)}")
 
 
 class RecLMISNet(nn.Module):
     """U-Net + PLAM with conditioned interaction at the bottleneck and, in training, conditioned reconstruction.
 
     ``vision_mask_ratio`` / ``text_mask_ratio`` are alpha_v / alpha_t of Eq. 7 / 9; ``recon_depth`` the
-    number of conditioned transformer layers of each reconstructor. In eval mode the output is the logits
-    alone; in training mode it also holds what the losses of Eq. 4-10 read.
+    number of conditioned transformer layers of each reconstructor: ``reconstructor: paper`` builds
+    ``ConditionedReconstructor`` (cross-attention + MLP, pre-norm), ``official`` the official code's
+    ``OfficialConditionedReconstructor`` (a context stack and a query stack, each ``recon_depth`` post-norm layers
+    with causal self-attention). ``head_dropout`` drops the features the W_poi / W_woi heads read (training
+    only). In eval mode the output is the logits alone; in training mode it also holds what the losses of
+    Eq. 4-10 read.
     """
 
     inference_modules: tuple[str, ...] = ("encoder", "interaction.text_to_vision", "decoder")
@@ -42,24 +53,28 @@ class RecLMISNet(nn.Module):
     def __init__(self, in_channels: int = 1, text_dim: int = 384, widths: Sequence[int] = (64, 128, 256, 512, 512),
                  num_heads: int = 8, mlp_ratio: float = 4.0, recon_depth: int = 3, vision_mask_ratio: float = 0.5,
                  text_mask_ratio: float = 0.3, interaction: Interaction = "paper", position_grid: int = 14,
-                 text_target_dim: int | None = None) -> None:
+                 text_target_dim: int | None = None, reconstructor: Interaction = "paper",
+                 head_dropout: float = 0.0) -> None:
         super().__init__()
         if not (0.0 <= vision_mask_ratio <= 1.0 and 0.0 <= text_mask_ratio <= 1.0):
             raise ConfigError("vision_mask_ratio and text_mask_ratio must lie in [0, 1]")
-        if interaction not in ("paper", "official"):
-            raise ConfigError(f"interaction={interaction!r}; expected 'paper' or 'official'")
+        if not 0.0 <= head_dropout < 1.0:
+            raise ConfigError(f"head_dropout={head_dropout}; expected a probability in [0, 1)")
+        _check_choice("interaction", interaction, ("paper", "official"))
+        _check_choice("reconstructor", reconstructor, ("paper", "official"))
         dim = widths[-1]
         self.vision_mask_ratio, self.text_mask_ratio = vision_mask_ratio, text_mask_ratio
         self.interaction_form = interaction
         self.encoder = UNetEncoder(in_channels, widths)
         if interaction == "paper":
-            self.interaction = ConditionedInteraction(dim, text_dim, num_heads, mlp_ratio)
+            self.interaction = ConditionedInteraction(dim, text_dim, num_heads, mlp_ratio, head_dropout)
         else:
-            self.interaction = OfficialConditionedInteraction(dim, text_dim, num_heads, position_grid)
+            self.interaction = OfficialConditionedInteraction(dim, text_dim, num_heads, position_grid, head_dropout)
             self.inference_modules = ("encoder", "interaction.fusion", "decoder")
         self.decoder = UNetDecoder(widths)
-        self.vision_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio)
-        self.text_reconstructor = ConditionedReconstructor(dim, recon_depth, num_heads, mlp_ratio, text_target_dim)
+        rebuild = ConditionedReconstructor if reconstructor == "paper" else OfficialConditionedReconstructor
+        self.vision_reconstructor = rebuild(dim, recon_depth, num_heads, mlp_ratio)
+        self.text_reconstructor = rebuild(dim, recon_depth, num_heads, mlp_ratio, text_target_dim)
 
     @property
     def output_stride(self) -> int:
@@ -111,7 +126,12 @@ class RecLMIS(LanguageGuidedSegmenter):
     official code's ``E' = MHA(E, V)``, ``V' = MHA(V, E')`` with a learned ``position_grid`` x ``position_grid``
     position table). ``aux_losses``: ``paper`` (Eq. 8/10: MSE weighted by W_poi/W_woi against the
     stop-gradient V and E) or ``official`` (plain MSE against V' and the text encoder's own features, with
-    gradient). ``configs/reclmis_official.yaml`` sets the official code's other values (4 heads, depth 4, tau 0.01).
+    gradient). ``reconstructor``: ``paper`` (conditioned cross-attention layers, Eq. 7/9) or ``official`` (the
+    official ``DualTransformer``: causal self-attention, weighted cross-attention, FFN, post-norm).
+    ``ccl_softmax``: ``once`` (Eq. 5 weights W_poi / W_woi) or ``twice`` (the official code softmaxes them again
+    before the contrastive loss, padding words included). ``head_dropout``: dropout before the W heads
+    (official MosMedData+: 0.5). ``configs/reclmis_official.yaml`` sets the official code's other values (4 heads,
+    depth 4, tau 0.01, Adam with warm-restart cosine).
     """
 
     paper = 'Huang et al., Cross-Modal Conditioned Reconstruction for Language-guided Medical Image Segmentation'
@@ -134,15 +154,19 @@ class RecLMIS(LanguageGuidedSegmenter):
         interaction: Interaction = "paper",
         position_grid: int = 14,
         aux_losses: Interaction = "paper",
+        reconstructor: Interaction = "paper",
+        ccl_softmax: CclSoftmax = "once",
+        head_dropout: float = 0.0,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
     ) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
-        if aux_losses not in ("paper", "official"):
-            raise ConfigError(f"aux_losses={aux_losses!r}; expected 'paper' or 'official'")
+        _check_choice("aux_losses", aux_losses, ("paper", "official"))
+        _check_choice("ccl_softmax", ccl_softmax, ("once", "twice"))
         text_target_dim = self.text_dim if aux_losses == "official" else None  # rebuild the encoder's own words
         self.net = RecLMISNet(self.in_channels, self.text_dim, widths, num_heads, mlp_ratio, recon_depth,
-                              vision_mask_ratio, text_mask_ratio, interaction, position_grid, text_target_dim)
+                              vision_mask_ratio, text_mask_ratio, interaction, position_grid, text_target_dim,
+                              reconstructor, head_dropout)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs (Sec. IV-B)."""
@@ -164,8 +188,11 @@ class RecLMIS(LanguageGuidedSegmenter):
             else:  # Eq. 8/10 against the (stop-gradient) projected features V and E
                 losses["t2v"] = weighted_reconstruction_loss(outputs["v_hat"], outputs["v"].detach(), outputs["w_poi"])
                 losses["v2t"] = weighted_reconstruction_loss(outputs["e_hat"], outputs["e"].detach(), outputs["w_woi"])
-            losses["ccl"] = conditioned_contrastive_loss(outputs["v"], outputs["e"], outputs["w_poi"],
-                                                         outputs["w_woi"], outputs["word_mask"], hp.ccl_temperature)
+            w_poi, w_woi = outputs["w_poi"], outputs["w_woi"]
+            if hp.ccl_softmax == "twice":  # the official cond_cons_loss softmaxes the weights again, over every word
+                w_poi, w_woi = w_poi.softmax(-1), w_woi.softmax(-1)
+            losses["ccl"] = conditioned_contrastive_loss(outputs["v"], outputs["e"], w_poi, w_woi,
+                                                         outputs["word_mask"], hp.ccl_temperature)
             total = (total + hp.v2t_weight * losses["v2t"] + hp.t2v_weight * losses["t2v"]
                      + hp.ccl_weight * losses["ccl"])
         losses["loss"] = total
