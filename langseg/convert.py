@@ -11,7 +11,8 @@ Key names and shapes come from the official module definitions:
   (``DecoderLayer``, ``Decoder``), ``engine/wrapper.py``;
 - RecLMIS, ShawnHuang497/RecLMIS: ``nets/RecLMIS.py`` (``RecLMIS``: ``inc``, ``down1-4``, ``up4-1``, ``outc``,
   ``text_module4``, ``mlp_visual``, ``mlp_woi``, ``rec_img_trans1``, ``rec_text_trans1``, ``clip``),
-  ``nets/Interactor.py`` (``Interactor``: ``embeddings``, ``attn_text``, ``attn_img``, ``CTBN``), LViT's
+  ``nets/Interactor.py`` (``Interactor``: ``embeddings``, ``attn_text``, ``attn_img``, ``CTBN``),
+  ``nets/transformer/`` (``DualTransformer``: ``decoder1/2.decoder_layers``; ``TransformerDecoderLayer``), LViT's
   ``nets/pixlevel.py`` (``PixLevelModule``), ``train_model.py`` (``best_model-RecLMIS.pth.tar``: ``state_dict``,
   ``module.`` under ``nn.DataParallel``);
 - MONAI's ``UnetrUpBlock``, ``SubpixelUpsample`` and ``UnetOutBlock`` (their ``state_dict`` names) and Hugging
@@ -57,10 +58,19 @@ RECLMIS_DROPPED = {
     r"clip\.": "the frozen CLIP model (langseg loads its text tower from --model.text_encoder; its logit scale, "
                 "100, is ccl_temperature 0.01)",
     r"up\d\.pixModule\.conv_sig\.": "PixLevelModule.conv_sig, defined but never called",
-    r"rec_(img|text)_trans1\.": "the training-only reconstructors (causal self-attention, post-norm), which langseg "
-                               "does not build; they never run at inference",
+    r"rec_(img|text)_trans1\.decoder1\.decoder_layers\.\d+\.encoder_attn": "the context stack's cross-attention, "
+        "defined but never called (DualTransformer's decoding=2 runs decoder1 without a context)",
 }
-RECLMIS_UNFILLED = ("vision_reconstructor.", "text_reconstructor.")  # langseg's own: keep their initial values
+PAPER_RECONSTRUCTORS_DROPPED = {
+    r"rec_(img|text)_trans1\.": "the training-only official reconstructors, which reconstructor: paper does not "
+                                "build (--model.reconstructor official maps them); they never run at inference",
+}
+RECLMIS_UNFILLED = ("vision_reconstructor.", "text_reconstructor.")  # reconstructor: paper keeps its initial values
+RECLMIS_RECONSTRUCTORS = {"rec_img_trans1": "vision_reconstructor", "rec_text_trans1": "text_reconstructor"}
+RECLMIS_RECONSTRUCTOR_STACKS = {"decoder1": "context_layers", "decoder2": "query_layers"}
+RECLMIS_RECONSTRUCTOR_LAYER = {"self_attn": "self_attn", "self_attn_layer_norm": "self_attn_norm",
+                               "encoder_attn": "cross_attn", "encoder_attn_layer_norm": "cross_attn_norm",
+                               "fc1": "fc1", "fc2": "fc2", "final_layer_norm": "final_norm"}
 RECLMIS_INTERACTION = {"text_module4": "fusion.text_proj", "interact.embeddings.patch_embeddings": "fusion.patch_embed",
                        "interact.embeddings.position_embeddings": "fusion.position",
                        "interact.attn_text": "fusion.text_attn", "interact.attn_img": "fusion.vision_attn",
@@ -80,11 +90,19 @@ def _by_longest_prefix(table: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def reclmis_key(name: str) -> str | None:
+def reclmis_key(name: str, official_reconstructors: bool = False) -> str | None:
     """The langseg ``RecLMISNet`` key (``interaction: official``) of one official RecLMIS tensor; None for a tensor
-    in ``RECLMIS_DROPPED``. Raises ``KeyError`` on an unknown name."""
-    if any(re.match(pattern, name) for pattern in RECLMIS_DROPPED):
+    in ``RECLMIS_DROPPED`` (and, unless ``official_reconstructors``, for the reconstructors'). Raises ``KeyError``
+    on an unknown name."""
+    dropped = RECLMIS_DROPPED if official_reconstructors else {**RECLMIS_DROPPED, **PAPER_RECONSTRUCTORS_DROPPED}
+    if any(re.match(pattern, name) for pattern in dropped):
         return None
+    match = re.match(r"(rec_img_trans1|rec_text_trans1)\.(decoder[12])\.decoder_layers\.(\d+)\.(.+)$", name)
+    if match is not None:
+        key = _by_longest_prefix(RECLMIS_RECONSTRUCTOR_LAYER, match[4])
+        if key is None:
+            raise KeyError(name)
+        return f"{RECLMIS_RECONSTRUCTORS[match[1]]}.{RECLMIS_RECONSTRUCTOR_STACKS[match[2]]}.{match[3]}.{key}"
     if name.startswith(("inc.conv.", "inc.norm.")):
         part, rest = name.split(".", 2)[1:]
         return f"encoder.stem.{CONV_BN[part]}.{rest}"
@@ -107,11 +125,13 @@ def reclmis_key(name: str) -> str | None:
     return f"decoder.blocks.{4 - index}.{key}"
 
 
-def official_key(method: str, name: str) -> tuple[str, int | None] | None:
+def official_key(method: str, name: str, official_reconstructors: bool = False) -> tuple[str, int | None] | None:
     """The langseg network key (and element index, for HiMix's three residual scales) of one official tensor
-    (``model.`` prefix removed); None for a tensor in ``DROPPED``. Raises ``KeyError`` on an unknown name."""
+    (``model.`` prefix removed); None for a tensor in ``DROPPED``. ``official_reconstructors``: RecLMIS's
+    reconstructors map (``reconstructor: official``) instead of being dropped. Raises ``KeyError`` on an unknown
+    name."""
     if method == "reclmis":
-        key = reclmis_key(name)
+        key = reclmis_key(name, official_reconstructors)
         return None if key is None else (key, None)
     if any(re.match(pattern, name) for pattern in DROPPED):
         return None
@@ -147,15 +167,17 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
     """``official`` (an official network's state dict) as ``target``'s keys (a langseg network's state dict).
 
     Raises ``ConfigError`` naming the tensor when an official tensor is unknown, has no place or another shape,
-    or when a langseg tensor gets no official value (RecLMIS: except langseg's reconstructors, ``RECLMIS_UNFILLED``,
-    which the result leaves out)."""
+    or when a langseg tensor gets no official value (RecLMIS with ``reconstructor: paper``: except its
+    reconstructors, ``RECLMIS_UNFILLED``, which the result leaves out; with ``official`` they are mapped too)."""
     if method not in METHODS:
         raise ConfigError(f"cannot convert '{method}' checkpoints: choose one of {list(METHODS)}")
+    official_reconstructors = method == "reclmis" and any(k.startswith("vision_reconstructor.context_layers.")
+                                                          for k in target)
     out: dict[str, Tensor] = {}
     partial: dict[str, set[int]] = {}
     for name, value in official.items():
         try:
-            mapped = official_key(method, name)
+            mapped = official_key(method, name, official_reconstructors)
         except KeyError:
             raise ConfigError(f"{source}: '{name}' is not a tensor of the official {method} network") from None
         if mapped is None:
@@ -166,7 +188,7 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
         if key not in target:
             raise ConfigError(f"{source}: '{name}' maps to '{key}', which the configured network does not have "
                               f"(check the config's switches, e.g. --model.ffn official for HiMix, "
-                              f"--model.interaction official for RecLMIS)")
+                              f"--model.interaction official, --model.recon_depth for RecLMIS)")
         if index is not None:
             out.setdefault(key, target[key].detach().clone())[index] = value
             partial.setdefault(key, set()).add(index)
@@ -181,7 +203,7 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
                               f"RecLMIS: widths, position_grid)")
         out[key] = value
     incomplete = [k for k, seen in partial.items() if len(seen) != target[k].numel()]
-    unfilled = RECLMIS_UNFILLED if method == "reclmis" else ()
+    unfilled = RECLMIS_UNFILLED if method == "reclmis" and not official_reconstructors else ()
     missing = sorted(k for k in set(target) - set(out) if not k.startswith(unfilled)) + incomplete
     if missing:
         raise ConfigError(f"{source}: no official tensor for langseg's {missing[:4]}"

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from langseg.blocks.conditioned import (ConditionedAttention, ConditionedInteraction, ConditionedReconstructor,
-                                        OfficialConditionedInteraction, sample_weighted_mask)
+                                        OfficialConditionedInteraction, OfficialConditionedReconstructor,
+                                        sample_weighted_mask)
 from langseg.blocks.layers import sine_position_encoding_2d
 
 DIM, TEXT_DIM = 16, 12
@@ -162,3 +163,94 @@ def test_official_interaction_lets_padding_words_in_and_gradients_reach_every_we
     (out.vision_out.sum() + (out.w_poi * torch.randn_like(out.w_poi)).sum()
      + (out.w_woi * torch.randn_like(out.w_woi)).sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ci.parameters())
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_head_dropout_drops_what_the_weight_heads_read_in_training_only(official):
+    torch.manual_seed(0)
+    build = (lambda p: OfficialConditionedInteraction(DIM, TEXT_DIM, 4, 3, head_dropout=p)) if official else (
+        lambda p: ConditionedInteraction(DIM, TEXT_DIM, 4, head_dropout=p))
+    plain, dropped = build(0.0), build(0.5)
+    dropped.load_state_dict(plain.state_dict())
+    vision, (words, mask) = torch.randn(2, DIM, 3, 3), _words([5, 3])
+
+    def run(module, mode):
+        torch.manual_seed(1)  # the same draws for the official fusion's own dropout
+        return getattr(module, mode)()(vision, words, mask)
+
+    for mode in ("eval", "train"):
+        a, b = run(plain, mode), run(dropped, mode)
+        assert torch.equal(a.vision_out, b.vision_out)  # the decoder's input is never dropped
+        same = torch.allclose(a.w_poi, b.w_poi) and torch.allclose(a.w_woi, b.w_woi)
+        assert same == (mode == "eval"), mode
+        assert (b.w_woi[~mask] == 0).all() and torch.allclose(b.w_poi.sum(1), torch.ones(2))
+
+
+def _official_attention(query, key, mha, heads, mask=None, weight=None):
+    """The official ``MultiheadAttention`` (nets/transformer/mutihead_attention.py) on time-first tensors, written
+    out: scaled q, ``softmax(q k^T + mask)``, times ``weight + 1e-10`` and renormalised, then the output projection."""
+    (t, b, c), d = query.shape, query.shape[-1] // heads
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    q = (query @ w_q.T + b_q) * d ** -0.5
+    k, v = key @ w_k.T + b_k, key @ w_v.T + b_v
+    q, k, v = (x.reshape(x.shape[0], b * heads, d).transpose(0, 1) for x in (q, k, v))
+    logits = torch.bmm(q, k.transpose(1, 2))
+    if mask is not None:
+        logits = logits + mask
+    attn = logits.softmax(-1)
+    if weight is not None:
+        attn = attn * (weight[:, None, None, :].expand(-1, heads, t, -1).reshape(attn.shape) + 1e-10)
+        attn = attn / attn.sum(-1, keepdim=True)
+    out = torch.bmm(attn, v).transpose(0, 1).reshape(t, b, c)
+    return out @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def _official_decoder(layers, x, weight, context=None):
+    """The official ``TransformerDecoder`` (eval mode): post-norm layers of causal self-attention (weighted when
+    there is no context), cross-attention to the context (weighted), ReLU FFN."""
+    x = x.transpose(0, 1)
+    ctx = None if context is None else context.transpose(0, 1)
+    causal = torch.triu(torch.full((x.shape[0], x.shape[0]), float("-inf")), 1)
+    for layer in layers:
+        self_weight = weight if context is None else None
+        x = layer.self_attn_norm(x + _official_attention(x, x, layer.self_attn, 4, causal, self_weight))
+        if ctx is not None:
+            x = layer.cross_attn_norm(x + _official_attention(x, ctx, layer.cross_attn, 4, None, weight))
+        x = layer.final_norm(x + layer.fc2(torch.relu(layer.fc1(x))))
+    return x.transpose(0, 1)
+
+
+def test_official_reconstructor_is_the_official_dual_transformer_recomputed():
+    torch.manual_seed(0)
+    rec = OfficialConditionedReconstructor(DIM, depth=2, num_heads=4, mlp_ratio=2.0).eval()
+    for p in rec.parameters():  # the official init leaves the biases at 0: randomise them so they are checked too
+        torch.nn.init.normal_(p, std=0.3)
+    masked, ctx = torch.randn(2, 6, DIM), torch.randn(2, 5, DIM)
+    weight = torch.rand(2, 5).softmax(-1)
+    out = rec(masked, ctx, weight)
+    encoded = _official_decoder(rec.context_layers, ctx, weight)  # decoder1: the context, self-attention only
+    expected = _official_decoder(rec.query_layers, masked, weight, encoded)  # decoder2: masked tokens query it
+    assert out.shape == (2, 6, DIM) and torch.allclose(out, expected, atol=1e-5)
+    assert all(not hasattr(layer, "cross_attn") for layer in rec.context_layers)
+    assert rec.query_layers[0].fc1.out_features == 2 * DIM and isinstance(rec.head, torch.nn.Identity)
+    later = masked.clone()
+    later[:, -1] = torch.randn(2, DIM)  # causal: a later masked token changes nothing before it
+    changed = rec(later, ctx, weight)
+    assert torch.allclose(changed[:, :-1], out[:, :-1], atol=1e-6) and not torch.allclose(changed[:, -1], out[:, -1])
+    padded = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    junk = ctx.clone()
+    junk[1, 3:] = 9.0  # keys the context mask removes
+    assert torch.allclose(rec(masked, ctx, weight, padded), rec(masked, junk, weight, padded), atol=1e-5)
+
+
+def test_official_reconstructor_trains_under_autocast_with_dropout_and_maps_to_another_width():
+    torch.manual_seed(0)
+    rec = OfficialConditionedReconstructor(DIM, depth=1, num_heads=4, out_dim=TEXT_DIM).train()
+    masked, ctx, weight = torch.randn(2, 6, DIM), torch.randn(2, 5, DIM), torch.rand(2, 5).softmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rec(masked, ctx, weight)
+    assert out.shape == (2, 6, TEXT_DIM)
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rec.parameters())
+    assert not torch.allclose(rec(masked, ctx, weight), rec(masked, ctx, weight))  # dropout 0.1 in training
