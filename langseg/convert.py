@@ -200,7 +200,7 @@ def convert_state_dict(method: str, official: Mapping[str, Tensor], target: Mapp
             raise ConfigError(f"{source}: '{name}' has shape {tuple(value.shape)}, langseg's '{key}' "
                               f"{tuple(target[key].shape)}: build the network of the same size (text encoder "
                               f"width, encoder_name, max_text_length, text_tokens; HiMix: --model.ffn official; "
-                              f"RecLMIS: widths, position_grid)")
+                              f"RecLMIS: widths, position_grid, mlp_ratio)")
         out[key] = value
     incomplete = [k for k, seen in partial.items() if len(seen) != target[k].numel()]
     unfilled = RECLMIS_UNFILLED if method == "reclmis" and not official_reconstructors else ()

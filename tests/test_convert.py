@@ -252,6 +252,40 @@ def test_every_official_reclmis_tensor_lands_and_only_the_reconstructors_are_lef
                                        if k != "interact.embeddings.position_embeddings"}, target)
 
 
+def test_with_reconstructor_official_every_official_reconstructor_tensor_lands_too():
+    from langseg.models import RecLMIS
+
+    official = official_reclmis_state(text_dim=32)
+    model = RecLMIS(text_encoder="tiny", in_channels=3, widths=RECLMIS_WIDTHS, num_heads=4, interaction="official",
+                    aux_losses="official", reconstructor="official", mlp_ratio=2.0, position_grid=RECLMIS_GRID,
+                    recon_depth=RECLMIS_DEPTH)
+    target = model.net.state_dict()
+    converted = convert_state_dict("reclmis", official, target)
+    assert set(converted) == set(target)  # every langseg tensor, the reconstructors included, gets an official value
+    for name, value in official.items():
+        mapped = official_key("reclmis", name, official_reconstructors=True)
+        if mapped is not None:
+            assert torch.equal(converted[mapped[0]], value.reshape(target[mapped[0]].shape)), name
+    dropped = {k for k in official if official_key("reclmis", k, official_reconstructors=True) is None}
+    unused_cross = {k for k in dropped if re.match(r"rec_(img|text)_trans1\.decoder1\..*\.encoder_attn", k)}
+    assert len(unused_cross) == 2 * RECLMIS_DEPTH * 6  # decoder1's cross-attention: 4 tensors + its norm's 2
+    assert {k.split(".")[0] for k in dropped - unused_cross} == {"clip", "up1", "up2", "up3", "up4"}
+    assert torch.equal(converted["text_reconstructor.query_layers.1.cross_attn.in_proj_weight"],
+                       official["rec_text_trans1.decoder2.decoder_layers.1.encoder_attn.in_proj_weight"])
+    assert torch.equal(converted["vision_reconstructor.context_layers.0.self_attn_norm.bias"],
+                       official["rec_img_trans1.decoder1.decoder_layers.0.self_attn_layer_norm.bias"])
+    with pytest.raises(ConfigError, match=r"'rec_img_trans1\.decoder1\.decoder_layers\.1\..*' maps to .*recon_depth"):
+        convert_state_dict("reclmis", official, RecLMIS(
+            text_encoder="tiny", in_channels=3, widths=RECLMIS_WIDTHS, num_heads=4, interaction="official",
+            aux_losses="official", reconstructor="official", mlp_ratio=2.0, position_grid=RECLMIS_GRID,
+            recon_depth=1).net.state_dict())
+    with pytest.raises(ConfigError, match=r"'rec_img_trans1\.decoder1\.decoder_layers\.0\.fc1\.weight' has shape .*mlp_ratio"):
+        convert_state_dict("reclmis", official, RecLMIS(
+            text_encoder="tiny", in_channels=3, widths=RECLMIS_WIDTHS, num_heads=4, interaction="official",
+            aux_losses="official", reconstructor="official", position_grid=RECLMIS_GRID,
+            recon_depth=RECLMIS_DEPTH).net.state_dict())
+
+
 def test_convert_from_reclmis_writes_a_checkpoint_that_langseg_test_accepts(tmp_path, monkeypatch, capsys,
                                                                             one_thread):
     from tests.hf_folders import write_clip_folder
@@ -274,6 +308,8 @@ def test_convert_from_reclmis_writes_a_checkpoint_that_langseg_test_accepts(tmp_
                        official["interact.attn_text.in_proj_weight"])
     assert torch.equal(state["net.decoder.blocks.0.plam.mlp.0.weight"][..., 0, 0],
                        official["up4.pixModule.bottleneck.0.weight"])
+    assert torch.equal(state["net.vision_reconstructor.query_layers.1.fc2.weight"],  # reconstructor: official
+                       official["rec_img_trans1.decoder2.decoder_layers.1.fc2.weight"])
     main(["test", "--config", "configs/reclmis_official.yaml", "--ckpt_path", str(out), *model_args,
           "--data", "configs/data/synthetic.yaml", "--data.init_args.in_channels", "3", "--data.init_args.num_test",
           "4", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.precision", "32",

@@ -133,7 +133,7 @@ def test_small_variant_is_what_the_quick_config_trains(name):
     assert sum(p.numel() for p in variant.net.parameters()) == sum(p.numel() for p in cli.model.net.parameters())
 
 
-@pytest.mark.parametrize("config", ["lsms_paper.yaml", "reclmis_paper.yaml", "reclmis_official.yaml", "guidedecoder_paper.yaml",
+@pytest.mark.parametrize("config", ["lsms_paper.yaml", "reclmis_paper.yaml", "guidedecoder_paper.yaml",
                                     "himix_paper.yaml", "early_fusion_unet_paper.yaml", "mmi_unet_paper.yaml",
                                     "lvit_paper.yaml"])
 def test_paper_config_trains_with_the_method_default_schedule(config):

@@ -51,9 +51,16 @@ def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tm
     assert isinstance(model, RecLMIS) and model.net.interaction_form == "official"
     assert type(model.text_encoder.model).__name__ == "CLIPTextModel" and model.text_dim == clip.config.hidden_size
     hp = model.hparams
-    assert (hp.aux_losses, hp.num_heads, hp.recon_depth, hp.ccl_temperature, hp.seg_weight, hp.dice_weight,
-            hp.bce_weight, hp.max_text_length) == ("official", 4, 4, 0.01, 5.0, 0.5, 0.5, 18)
-    assert len(model.net.vision_reconstructor.layers) == 4
+    assert (hp.aux_losses, hp.reconstructor, hp.ccl_softmax, hp.head_dropout, hp.num_heads, hp.recon_depth,
+            hp.ccl_temperature, hp.seg_weight, hp.dice_weight, hp.bce_weight, hp.max_text_length) == (
+        "official", "official", "twice", 0.0, 4, 4, 0.01, 5.0, 0.5, 0.5, 18)
+    assert len(model.net.vision_reconstructor.context_layers) == len(model.net.vision_reconstructor.query_layers) == 4
+    optimization = model.configure_optimizers()
+    optimizer, scheduler = optimization["optimizer"], optimization["lr_scheduler"]
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 3e-4
+    assert optimizer.defaults["weight_decay"] == 0.0  # official: Adam without weight decay (Config_covid19)
+    assert type(scheduler) is torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    assert (scheduler.T_0, scheduler.T_mult, scheduler.eta_min) == (10, 1, 1e-4)
     texts = ["Bilateral pulmonary infection, two infected areas.", "One infected area in the left lung."]
     image, mask = torch.rand(2, model.in_channels, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
     text = model.encode_text(texts)

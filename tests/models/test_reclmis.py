@@ -6,6 +6,7 @@ from langseg.blocks.augmentation import PhotometricAugmentation
 from langseg.data import SyntheticReferringDataModule
 from langseg.errors import ConfigError
 from langseg.lightning_cli import build_cli
+from langseg.losses import conditioned_contrastive_loss
 from langseg.models import RecLMIS, RecLMISNet
 from langseg.profiling import count_parameters
 from langseg.registry import create_model
@@ -295,3 +296,41 @@ def test_official_aux_losses_are_plain_mse_against_v_prime_and_the_encoder_words
         _model(aux_losses="both")
     with pytest.raises(ConfigError, match="interaction='code'"):
         _model(interaction="code")
+
+
+def test_ccl_softmax_twice_softmaxes_the_weights_again_over_every_position_and_only_for_the_contrastive_loss():
+    batch = _batch(4)
+    once, twice = _model(), _model(ccl_softmax="twice")
+    text = once.encode_text(batch["text"])
+    torch.manual_seed(3)
+    out = once.train()(batch["image"], text)
+    a, b = once.compute_loss(out, batch["mask"], text), twice.compute_loss(out, batch["mask"], text)
+    assert all(torch.equal(a[k], b[k]) for k in ("t2v", "v2t", "seg"))  # the reconstruction losses keep W
+    again = [w.exp() / w.exp().sum(-1, keepdim=True) for w in (out["w_poi"], out["w_woi"])]  # padding too: e^0
+    assert (again[1][~out["word_mask"]] > 0).all()
+    expected = conditioned_contrastive_loss(out["v"], out["e"], *again, out["word_mask"], twice.hparams.ccl_temperature)
+    assert torch.allclose(b["ccl"], expected) and not torch.allclose(a["ccl"], b["ccl"])
+    with pytest.raises(ConfigError, match="ccl_softmax='thrice'"):
+        _model(ccl_softmax="thrice")
+
+
+def test_official_reconstructors_train_every_weight_and_never_run_at_inference():
+    model = _model(interaction="official", aux_losses="official", reconstructor="official", head_dropout=0.5)
+    net = model.net
+    assert len(net.vision_reconstructor.context_layers) == len(net.text_reconstructor.query_layers) == 3
+    batch = _batch(4, size=32)
+    text = model.encode_text(batch["text"])
+    out = model.train()(batch["image"], text)
+    assert out["v_hat"].shape == out["v_prime"].shape and out["e_hat"].shape == text.tokens.shape
+    model.compute_loss(out, batch["mask"], text)["loss"].backward()
+    assert all(p.grad is not None for p in net.parameters())
+    calls = []
+    for name in OFFICIAL_TRAINING_ONLY:
+        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        model.eval().segment(batch["image"], batch["text"])
+    assert calls == []
+    with pytest.raises(ConfigError, match="reconstructor='code'"):
+        _model(reconstructor="code")
+    with pytest.raises(ConfigError, match="head_dropout=1.0"):
+        _model(head_dropout=1.0)
