@@ -110,28 +110,38 @@ def pixel_text_contrastive_loss(
     if not terms:
         return pixels.sum() * 0.0
     return torch.cat(terms).mean()
-def conditioned_similarity(v: Tensor, e: Tensor, w_v: Tensor, w_e: Tensor, word_mask: Tensor) -> Tensor:
+def conditioned_similarity(v: Tensor, e: Tensor, w_v: Tensor, w_e: Tensor, word_mask: Tensor,
+                           padding: Literal["exclude", "zero"] = "exclude") -> Tensor:
     """Image-text similarity of every pair in a batch (RecLMIS Eq. 5), ``(B_images, B_texts)`` in fp32.
 
     ``S(v, e) = 1/2 (sum_i w_v^i max_j a_ij + sum_j w_e^j max_i a_ij)`` with ``a_ij = cos(v_i, e_j)``;
-    ``v (B, N, C)`` patches with weights ``w_v (B, N)``, ``e (B, L, C)`` words with weights ``w_e (B, L)``;
-    padding words (``word_mask`` False) never count.
+    ``v (B, N, C)`` patches with weights ``w_v (B, N)``, ``e (B, L, C)`` words with weights ``w_e (B, L)``.
+    A padding word (``word_mask`` False) scores 0 as a word. In a patch's max over words it is left out
+    (``padding="exclude"``) or scores 0 (``"zero"``, the official code: a patch whose real words all have a
+    negative cosine then scores 0).
     """
+    if padding not in ("exclude", "zero"):
+        raise ValueError(f"padding must be 'exclude' or 'zero', got {padding!r}")
     with torch.autocast(v.device.type, enabled=False):
         v = F.normalize(v.float(), dim=-1)
         e = F.normalize(e.float(), dim=-1)
         a = torch.einsum("anc,blc->abnl", v, e)  # (B_img, B_txt, N, L)
         pad = ~word_mask[None, :, None, :]
-        patch_best = a.masked_fill(pad, float("-inf")).amax(-1)  # (B_img, B_txt, N): best real word per patch
+        pad_score = float("-inf") if padding == "exclude" else 0.0
+        patch_best = a.masked_fill(pad, pad_score).amax(-1)  # (B_img, B_txt, N): best word per patch
         word_best = a.amax(-2).masked_fill(~word_mask[None], 0.0)  # (B_img, B_txt, L): best patch per word
         return 0.5 * (torch.einsum("abn,an->ab", patch_best, w_v.float())
                       + torch.einsum("abl,bl->ab", word_best, w_e.float()))
 
 
 def conditioned_contrastive_loss(v: Tensor, e: Tensor, w_v: Tensor, w_e: Tensor, word_mask: Tensor,
-                                 temperature: float = 0.07) -> Tensor:
-    """Symmetric InfoNCE over the batch on the conditioned similarity (RecLMIS Eq. 4-6), fp32."""
-    logits = conditioned_similarity(v, e, w_v, w_e, word_mask) / temperature
+                                 temperature: float = 0.07,
+                                 padding: Literal["exclude", "zero"] = "exclude") -> Tensor:
+    """Symmetric InfoNCE over the batch on the conditioned similarity (RecLMIS Eq. 4-6), fp32.
+
+    ``padding``: how padding words enter each patch's max over words (see ``conditioned_similarity``).
+    """
+    logits = conditioned_similarity(v, e, w_v, w_e, word_mask, padding) / temperature
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 

@@ -216,21 +216,28 @@ class OfficialConditionedInteraction(nn.Module):
 
 
 @torch.no_grad()
-def sample_weighted_mask(weights: Tensor, ratio: float, valid: Tensor | None = None) -> Tensor:
+def sample_weighted_mask(weights: Tensor, ratio: float, valid: Tensor | None = None, top_up: bool = False) -> Tensor:
     """Pick ``max(1, floor(ratio * n_valid))`` positions per row without replacement, with probability ``weights``.
 
     ``weights (B, N)`` >= 0; ``valid (B, N)`` bool (default all). Uses the Gumbel-top-k trick, which draws
-    exactly like sequential sampling without replacement; positions of zero weight are never picked
-    (a row picks fewer when it has fewer positive weights). Returns a ``(B, N)`` bool mask, True = masked.
+    exactly like sequential sampling without replacement. A row with fewer positive weights than it needs
+    picks only those (``top_up=False``), or picks them all and draws the rest uniformly from its valid
+    zero-weight positions (``top_up=True``, the official ``mask_mode_dist_random``). Invalid positions are
+    never picked. Returns a ``(B, N)`` bool mask, True = masked.
     """
     if valid is None:
         valid = torch.ones_like(weights, dtype=torch.bool)
     w = weights.float().masked_fill(~valid, 0.0)
     count = (valid.sum(1).float() * ratio).floor().clamp_min(1).long()
-    count = torch.minimum(count, (w > 0).sum(1))
+    positive = w > 0
+    count = torch.minimum(count, valid.sum(1) if top_up else positive.sum(1))
     gumbel = -torch.log(-torch.log(torch.rand_like(w).clamp(1e-20, 1.0 - 1e-7)))
-    scores = torch.log(w).masked_fill(w <= 0, float("-inf")) + gumbel
+    scores = torch.log(w).masked_fill(~positive, float("-inf")) + gumbel
     rank = scores.argsort(1, descending=True).argsort(1)  # rank of every position within its row
+    if top_up:  # valid zero-weight positions rank after the positive ones, in uniformly random order
+        spare = gumbel.masked_fill(positive | ~valid, float("-inf"))
+        spare_rank = spare.argsort(1, descending=True).argsort(1)
+        rank = torch.where(positive, rank, positive.sum(1, keepdim=True) + spare_rank)
     return rank < count.unsqueeze(1)
 
 

@@ -29,6 +29,7 @@ from langseg.registry import register_model, register_variant
 
 Interaction = Literal["paper", "official"]
 CclSoftmax = Literal["once", "twice"]
+CclPadding = Literal["exclude", "zero"]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -44,8 +45,9 @@ class RecLMISNet(nn.Module):
     ``ConditionedReconstructor`` (cross-attention + MLP, pre-norm), ``official`` the official code's
     ``OfficialConditionedReconstructor`` (a context stack and a query stack, each ``recon_depth`` post-norm layers
     with causal self-attention). ``head_dropout`` drops the features the W_poi / W_woi heads read (training
-    only). In eval mode the output is the logits alone; in training mode it also holds what the losses of
-    Eq. 4-10 read.
+    only). ``mask_topup``: a row with fewer positive weights than patches (words) to mask masks only those
+    (False) or tops up with uniform picks (True, the official ``mask_mode_dist_random``). In eval mode the
+    output is the logits alone; in training mode it also holds what the losses of Eq. 4-10 read.
     """
 
     inference_modules: tuple[str, ...] = ("encoder", "interaction.text_to_vision", "decoder")
@@ -54,7 +56,7 @@ class RecLMISNet(nn.Module):
                  num_heads: int = 8, mlp_ratio: float = 4.0, recon_depth: int = 3, vision_mask_ratio: float = 0.5,
                  text_mask_ratio: float = 0.3, interaction: Interaction = "paper", position_grid: int = 14,
                  text_target_dim: int | None = None, reconstructor: Interaction = "paper",
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, mask_topup: bool = False) -> None:
         super().__init__()
         if not (0.0 <= vision_mask_ratio <= 1.0 and 0.0 <= text_mask_ratio <= 1.0):
             raise ConfigError("vision_mask_ratio and text_mask_ratio must lie in [0, 1]")
@@ -64,6 +66,7 @@ class RecLMISNet(nn.Module):
         _check_choice("reconstructor", reconstructor, ("paper", "official"))
         dim = widths[-1]
         self.vision_mask_ratio, self.text_mask_ratio = vision_mask_ratio, text_mask_ratio
+        self.mask_topup = mask_topup
         self.interaction_form = interaction
         self.encoder = UNetEncoder(in_channels, widths)
         if interaction == "paper":
@@ -97,13 +100,13 @@ class RecLMISNet(nn.Module):
         if not self.training:
             return {"logits": logits}
         # Eq. 7: zero alpha_v*N patches drawn by W_poi. Paper form: masked tokens keep a position code.
-        patch_masked = sample_weighted_mask(ci.w_poi, self.vision_mask_ratio)
+        patch_masked = sample_weighted_mask(ci.w_poi, self.vision_mask_ratio, top_up=self.mask_topup)
         v_query = ci.v.masked_fill(patch_masked.unsqueeze(-1), 0.0)
         v_context = ci.v if ci.pos is None else ci.v + ci.pos
         v_hat = self.vision_reconstructor(v_query if ci.pos is None else v_query + ci.pos, ci.e, ci.w_woi,
                                           ci.word_mask)
         # Eq. 9: zero alpha_t*L real words drawn by W_woi; paper form: words keep a 1D position code.
-        word_masked = sample_weighted_mask(ci.w_woi, self.text_mask_ratio, valid=ci.word_mask)
+        word_masked = sample_weighted_mask(ci.w_woi, self.text_mask_ratio, ci.word_mask, self.mask_topup)
         e_query = ci.e.masked_fill(word_masked.unsqueeze(-1), 0.0)
         if ci.pos is not None:
             e_query = e_query + sine_position_encoding_2d(1, ci.e.shape[1], ci.e.shape[-1], ci.e.device).to(ci.e.dtype)
@@ -129,9 +132,11 @@ class RecLMIS(LanguageGuidedSegmenter):
     gradient). ``reconstructor``: ``paper`` (conditioned cross-attention layers, Eq. 7/9) or ``official`` (the
     official ``DualTransformer``: causal self-attention, weighted cross-attention, FFN, post-norm).
     ``ccl_softmax``: ``once`` (Eq. 5 weights W_poi / W_woi) or ``twice`` (the official code softmaxes them again
-    before the contrastive loss, padding words included). ``head_dropout``: dropout before the W heads
-    (official MosMedData+: 0.5). ``configs/reclmis_official.yaml`` sets the official code's other values (4 heads,
-    depth 4, tau 0.01, Adam with warm-restart cosine).
+    before the contrastive loss, padding words included). ``ccl_padding``: padding words are left out of each
+    patch's max over words (``exclude``) or score 0 there (``zero``, the official code). ``mask_topup``: see
+    ``RecLMISNet``. ``head_dropout``: dropout before the W heads (official MosMedData+: 0.5).
+    ``configs/reclmis_official.yaml`` sets the official code's other values (4 heads, depth 4, tau 0.01, Adam
+    with warm-restart cosine).
     """
 
     paper = 'Huang et al., Cross-Modal Conditioned Reconstruction for Language-guided Medical Image Segmentation'
@@ -157,16 +162,19 @@ class RecLMIS(LanguageGuidedSegmenter):
         reconstructor: Interaction = "paper",
         ccl_softmax: CclSoftmax = "once",
         head_dropout: float = 0.0,
+        ccl_padding: CclPadding = "exclude",
+        mask_topup: bool = False,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
     ) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
         _check_choice("aux_losses", aux_losses, ("paper", "official"))
         _check_choice("ccl_softmax", ccl_softmax, ("once", "twice"))
+        _check_choice("ccl_padding", ccl_padding, ("exclude", "zero"))
         text_target_dim = self.text_dim if aux_losses == "official" else None  # rebuild the encoder's own words
         self.net = RecLMISNet(self.in_channels, self.text_dim, widths, num_heads, mlp_ratio, recon_depth,
                               vision_mask_ratio, text_mask_ratio, interaction, position_grid, text_target_dim,
-                              reconstructor, head_dropout)
+                              reconstructor, head_dropout, mask_topup)
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
         """Cosine annealing over 200 epochs (Sec. IV-B)."""
@@ -192,7 +200,7 @@ class RecLMIS(LanguageGuidedSegmenter):
             if hp.ccl_softmax == "twice":  # the official cond_cons_loss softmaxes the weights again, over every word
                 w_poi, w_woi = w_poi.softmax(-1), w_woi.softmax(-1)
             losses["ccl"] = conditioned_contrastive_loss(outputs["v"], outputs["e"], w_poi, w_woi,
-                                                         outputs["word_mask"], hp.ccl_temperature)
+                                                         outputs["word_mask"], hp.ccl_temperature, hp.ccl_padding)
             total = (total + hp.v2t_weight * losses["v2t"] + hp.t2v_weight * losses["t2v"]
                      + hp.ccl_weight * losses["ccl"])
         losses["loss"] = total
