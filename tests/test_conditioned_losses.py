@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,19 @@ def test_weighted_reconstruction_loss_uniform_weights_give_mse_and_zero_weights_
     other = pred.clone()
     other[:, 2:] += 10
     assert torch.allclose(weighted_reconstruction_loss(pred, target, w), weighted_reconstruction_loss(other, target, w))
+
+
+def test_padding_words_score_zero_in_a_patch_max_only_with_padding_zero():
+    v, e, w_v, w_e, mask = _pairs(b=2, n=5, length=4)
+    e[1, :3] = -v[1, 0]  # text 1 (words 0-2 real, 3 padding) faces away from image 1's patch 0: best cosine -1
+    exclude = conditioned_similarity(v, e, w_v, w_e, mask)
+    zero = conditioned_similarity(v, e, w_v, w_e, mask, padding="zero")
+    v_n, e_n = F.normalize(v, dim=-1), F.normalize(e, dim=-1)
+    best_real = torch.einsum("nc,lc->nl", v_n[1], e_n[1, :3]).amax(1)  # (N,) image 1's patches vs text 1's words
+    lifted = 0.5 * (w_v[1] * (best_real.clamp_min(0) - best_real)).sum()  # a negative best becomes 0 under "zero"
+    assert best_real[0] < 0 and torch.allclose(zero[1, 1] - exclude[1, 1], lifted, atol=1e-6) and lifted > 0
+    assert torch.allclose(zero[:, 0], exclude[:, 0])  # text 0 has no padding word
+    assert conditioned_contrastive_loss(v, e, w_v, w_e, mask, padding="zero") != conditioned_contrastive_loss(
+        v, e, w_v, w_e, mask)
+    with pytest.raises(ValueError, match="'ignore'"):
+        conditioned_similarity(v, e, w_v, w_e, mask, padding="ignore")

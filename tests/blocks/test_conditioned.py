@@ -254,3 +254,22 @@ def test_official_reconstructor_trains_under_autocast_with_dropout_and_maps_to_a
     out.float().pow(2).mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rec.parameters())
     assert not torch.allclose(rec(masked, ctx, weight), rec(masked, ctx, weight))  # dropout 0.1 in training
+
+
+def test_weighted_mask_tops_up_rows_short_of_positive_weights_only_with_top_up():
+    torch.manual_seed(0)
+    w = torch.zeros(4000, 12)
+    w[:, [1, 4]] = 0.5  # 2 positive weights of the 10 valid positions; floor(0.5 * 10) = 5 to mask
+    valid = torch.ones(4000, 12, dtype=torch.bool)
+    valid[:, 10:] = False
+    fewer = sample_weighted_mask(w, 0.5, valid)
+    topped = sample_weighted_mask(w, 0.5, valid, top_up=True)
+    assert (fewer.sum(1) == 2).all() and fewer[:, [1, 4]].all()
+    assert (topped.sum(1) == 5).all() and topped[:, [1, 4]].all() and not topped[:, 10:].any()
+    spare = [0, 2, 3, 5, 6, 7, 8, 9]  # the other 3 picks are uniform over the valid zero-weight positions
+    assert torch.allclose(topped[:, spare].float().mean(0), torch.full((8,), 3 / 8), atol=0.04)
+    rich = torch.rand(3, 10) + 0.1  # every position positive: the top-up changes nothing
+    torch.manual_seed(1)
+    plain = sample_weighted_mask(rich, 0.3)
+    torch.manual_seed(1)
+    assert torch.equal(sample_weighted_mask(rich, 0.3, top_up=True), plain)

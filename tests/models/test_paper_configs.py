@@ -1,18 +1,23 @@
 """The paper configs run as their headers say, with the text-encoder folder the official repositories ship."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 from PIL import Image
 
 from langseg.blocks.augmentation import JointAugmentation
+from langseg.cli import main
 from langseg.data.transforms import equalize_histogram, zscore
 from langseg.lightning_cli import build_cli
 from tests.hf_folders import write_convnext_folder, write_cxr_bert_folder
+from tests.test_documented_commands import documented_commands
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--model.init_args.encoder_name", "convnext_atto", "--data", "configs/data/synthetic.yaml",
@@ -51,9 +56,12 @@ def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tm
     assert isinstance(model, RecLMIS) and model.net.interaction_form == "official"
     assert type(model.text_encoder.model).__name__ == "CLIPTextModel" and model.text_dim == clip.config.hidden_size
     hp = model.hparams
-    assert (hp.aux_losses, hp.reconstructor, hp.ccl_softmax, hp.head_dropout, hp.num_heads, hp.recon_depth,
-            hp.ccl_temperature, hp.seg_weight, hp.dice_weight, hp.bce_weight, hp.max_text_length) == (
-        "official", "official", "twice", 0.0, 4, 4, 0.01, 5.0, 0.5, 0.5, 18)
+    assert (hp.aux_losses, hp.reconstructor, hp.ccl_softmax, hp.ccl_padding, hp.mask_topup, hp.head_dropout,
+            hp.num_heads, hp.recon_depth, hp.ccl_temperature, hp.seg_weight, hp.dice_weight, hp.bce_weight,
+            hp.max_text_length) == ("official", "official", "twice", "zero", True, 0.0, 4, 4, 0.01, 5.0, 0.5, 0.5, 18)
+    (stopping,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert cli.trainer.max_epochs == 2000  # Config_covid19: epochs 2000, early_stopping_patience 100
+    assert (stopping.monitor, stopping.mode, stopping.patience) == ("val/dice", "max", 101)
     assert len(model.net.vision_reconstructor.context_layers) == len(model.net.vision_reconstructor.query_layers) == 4
     optimization = model.configure_optimizers()
     optimizer, scheduler = optimization["optimizer"], optimization["lr_scheduler"]
@@ -69,6 +77,23 @@ def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tm
     assert {"t2v", "v2t", "ccl"} <= set(losses) and torch.isfinite(losses["loss"])
     with torch.no_grad():
         assert model.eval().segment(image, texts)["logits"].shape == (2, 1, 64, 64)
+
+
+def test_reclmis_official_mosmed_command_sets_the_official_schedule_epochs_patience_and_batch(monkeypatch, capsys):
+    (command,) = [c for src, c in documented_commands() if src == "reclmis_official.yaml" and "mosmed" in c]
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        main([*shlex.split(command)[1:], "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    scheduler = config["model"]["init_args"]["lr_scheduler"]
+    assert scheduler["class_path"] == "langseg.optim.ExponentialLRWithFloor"
+    assert (scheduler["init_args"]["gamma"], scheduler["init_args"]["floor"]) == (0.99, 0.1)  # max(0.99**epoch, 0.1)
+    stopping = config["trainer"]["callbacks"][-1]
+    assert stopping["class_path"].endswith("EarlyStopping") and stopping["init_args"]["monitor"] == "val/dice"
+    assert stopping["init_args"]["patience"] == 31  # Config_MosMedPlus: early_stopping_patience 30, compared with >
+    assert config["trainer"]["max_epochs"] == 400 and config["data"]["init_args"]["batch_size"] == 20
+    model = config["model"]["init_args"]
+    assert (model["recon_depth"], model["vision_mask_ratio"], model["head_dropout"]) == (3, 0.3, 0.5)
 
 
 @pytest.mark.parametrize("config, intensity", [("guidedecoder_paper", "histogram"), ("himix_paper", "zscore")])

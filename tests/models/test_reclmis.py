@@ -334,3 +334,39 @@ def test_official_reconstructors_train_every_weight_and_never_run_at_inference()
         _model(reconstructor="code")
     with pytest.raises(ConfigError, match="head_dropout=1.0"):
         _model(head_dropout=1.0)
+
+
+def test_mask_topup_masks_the_full_count_when_the_weights_underflow():
+    batch = _batch(4, size=64)  # 4 x 4 patches: alpha_v = 0.5 masks 8
+    for topup in (False, True):
+        model = _model(mask_topup=topup)
+        for head in (model.net.interaction.poi_head, model.net.interaction.woi_head):
+            head[-1].weight.data.mul_(1e6)  # logits far apart: the softmax weights underflow to exact zeros
+        text = model.encode_text(batch["text"])
+        out = model.train()(batch["image"], text)
+        positive_patches, positive_words = (out["w_poi"] > 0).sum(1), (out["w_woi"] > 0).sum(1)
+        word_count = (out["word_mask"].sum(1) * 0.3).floor().clamp_min(1).long()  # alpha_t = 0.3 of the real words
+        assert (positive_patches < 8).all() and (positive_words < word_count).any()
+        assert not (out["word_masked"] & ~out["word_mask"]).any()
+        if topup:
+            assert (out["patch_masked"].sum(1) == 8).all() and torch.equal(out["word_masked"].sum(1), word_count)
+        else:
+            assert torch.equal(out["patch_masked"].sum(1), positive_patches)
+            assert torch.equal(out["word_masked"].sum(1), torch.minimum(word_count, positive_words))
+
+
+def test_ccl_padding_zero_scores_padding_words_as_zero_in_the_model_loss():
+    batch = _batch(4)
+    exclude, zero = _model(), _model(ccl_padding="zero")
+    text = exclude.encode_text(batch["text"])
+    torch.manual_seed(3)
+    out = dict(exclude.train()(batch["image"], text))
+    padded = int((~out["word_mask"]).any(1).nonzero()[0])
+    out["e"] = out["e"].clone()
+    out["e"][padded] = -out["v"][padded, 0]  # the padded text faces away from its image's first patch
+    a, b = exclude.compute_loss(out, batch["mask"], text), zero.compute_loss(out, batch["mask"], text)
+    args = out["v"], out["e"], out["w_poi"], out["w_woi"], out["word_mask"], 0.07
+    assert torch.equal(a["ccl"], conditioned_contrastive_loss(*args))
+    assert torch.equal(b["ccl"], conditioned_contrastive_loss(*args, padding="zero")) and b["ccl"] != a["ccl"]
+    with pytest.raises(ConfigError, match="ccl_padding='none'"):
+        _model(ccl_padding="none")
