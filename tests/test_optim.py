@@ -3,6 +3,8 @@ import torch
 
 from langseg.errors import ConfigError
 from langseg.optim import ExponentialLRWithFloor
+from tests.test_cli import REPO, TINY
+from tests.test_cli_faults import run_main, the_error
 
 
 def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> list[float]:
@@ -46,3 +48,10 @@ def test_exponential_lr_with_floor_resumes_from_its_state_dict():
 def test_exponential_lr_with_floor_names_a_bad_argument(arguments, field):
     with pytest.raises(ConfigError, match=field):
         ExponentialLRWithFloor(_optimizer(), **arguments)
+
+
+def test_a_bad_schedule_argument_is_one_line_through_the_cli(tmp_path, capsys):
+    line = the_error(*run_main("fit", "--config", str(REPO / "configs" / "unet.yaml"), *TINY, "--model.lr_scheduler",
+                               "langseg.optim.ExponentialLRWithFloor", "--model.lr_scheduler.gamma", "1.5",
+                               cwd=tmp_path, capsys=capsys)[::2])
+    assert "gamma=1.5" in line and "(0, 1]" in line
