@@ -30,8 +30,10 @@ log = logging.getLogger("langseg")
 
 def run_output_dir(trainer: L.Trainer, output_dir: str | Path | None, name: str) -> Path:
     """``output_dir`` when given, else ``<trainer.log_dir>/<name>``: the run's own folder (the logger's
-    version directory, or ``default_root_dir`` without a logger)."""
-    return Path(output_dir) if output_dir is not None else Path(trainer.log_dir) / name
+    version directory, or ``default_root_dir`` without a logger, as under ``fast_dev_run``)."""
+    if output_dir is not None:
+        return Path(output_dir)
+    return Path(trainer.log_dir or trainer.default_root_dir) / name
 
 
 def with_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
