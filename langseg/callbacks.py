@@ -150,7 +150,7 @@ class FitSummary(L.Callback):
                 log.info("%s checkpoint: %s", kind, path)
         logger = trainer.logger
         metrics_file = getattr(getattr(logger, "experiment", None), "metrics_file_path", None)
-        if metrics_file is not None:
+        if isinstance(metrics_file, str):  # not under fast_dev_run, whose dummy logger answers every name
             logger.save()
             if Path(metrics_file).is_file():
                 curves = plot_training_curves({type(pl_module).__name__: Path(metrics_file)},

@@ -154,6 +154,15 @@ def test_a_registered_variant_name_is_a_model(tmp_path, capsys):
     assert "class_path: langseg.models.lsms.LSMS" in out and "nmf_rank: 8" in out and "lr: 0.004" in out
 
 
+def test_fast_dev_run_trains_one_step_and_writes_no_run_folder_outside_the_root(tmp_path, capsys):
+    """Lightning turns the logger off under ``fast_dev_run``: the run-folder callbacks fall back to the root."""
+    code, out, err = run_main("fit", "--config", UNET, *TINY, "--trainer.fast_dev_run", "1",
+                              "--trainer.default_root_dir", tmp_path / "runs", cwd=tmp_path, capsys=capsys)
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err
+    assert all(p.is_relative_to(tmp_path / "runs") for p in written_files(tmp_path))
+
+
 def test_console_script_parser_error_is_one_line(tmp_path):
     run = subprocess.run([LANGSEG, "fit", "--config", UNET, "--model.init_args.bogus", "1"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
