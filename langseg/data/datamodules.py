@@ -234,12 +234,14 @@ class SyntheticReferringDataModule(SegmentationDataModule):
     def __init__(self, num_train: int = 1024, num_val: int = 128, num_test: int = 256, image_size: int = 64,
                  in_channels: int = 1, batch_size: int = 32, num_workers: int = 2, seed: int = 0,
                  swap_seed: int = 0, predict_split: Split = "test", alt_text_columns: list[str] | None = None,
-                 category_columns: list[str] | None = None) -> None:
+                 category_columns: list[str] | None = None, wording: Literal["varied", "canonical"] = "varied") -> None:
         super().__init__(image_size, in_channels, batch_size, num_workers, swap_seed, predict_split,
                          alt_text_columns, category_columns)
         self.save_hyperparameters()
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed
+        self.wording = wording
 
     def build_dataset(self, split: Split) -> Dataset:
-        return SyntheticReferringDataset(self.sizes[split], self.image_size, self.in_channels, self.seed, split)
+        return SyntheticReferringDataset(self.sizes[split], self.image_size, self.in_channels, self.seed, split,
+                                         wording=self.wording)

@@ -7,7 +7,7 @@ import logging
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,13 +37,16 @@ def derangement(n: int, seed: int) -> list[int]:
 
 class SyntheticReferringDataset(Dataset):
     """Deterministic procedural referring-lesion samples (see ``langseg.data.synthetic``), with the extra
-    columns ``category`` (zone, side, all, size) and ``text_short`` (the target's key words)."""
+    columns ``category`` (zone, side, all, size) and ``text_short`` (the target's key words); ``wording``: varied
+    phrasings or the canonical one (``make_referring_sample``)."""
 
     columns = ("category", "text_short")
 
     def __init__(self, num_samples: int, image_size: int = 64, in_channels: int = 1, seed: int = 0,
-                 split: str = "train", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,)) -> None:
+                 split: str = "train", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.25,),
+                 wording: Literal["varied", "canonical"] = "varied") -> None:
         self.num_samples = num_samples
+        self.wording = wording
         self.image_size = image_size
         self.in_channels = in_channels
         self.seed = seed
@@ -58,7 +61,7 @@ class SyntheticReferringDataset(Dataset):
         """The sample at ``index``, generated once per process and then kept (about 8 KB at 64x64)."""
         if index not in self._memo:
             rng = np.random.default_rng([self.seed, self.split_id, index])
-            self._memo[index] = make_referring_sample(self.image_size, rng)
+            self._memo[index] = make_referring_sample(self.image_size, rng, self.wording)
         return self._memo[index]
 
     def text_of(self, index: int) -> str:

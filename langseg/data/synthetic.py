@@ -18,10 +18,12 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from langseg.errors import ConfigError
 from langseg.files import atomic_write, atomic_write_text
 
 ZONES = ("upper right", "upper left", "lower right", "lower left")  # patient's sides; image left = patient right
@@ -154,13 +156,17 @@ def _sample(image: np.ndarray, ref: Reference, rng: np.random.Generator | None) 
                            text_short=ref.short)
 
 
-def make_referring_sample(size: int, rng: np.random.Generator) -> ReferringSample:
+def make_referring_sample(size: int, rng: np.random.Generator,
+                          wording: Literal["varied", "canonical"] = "varied") -> ReferringSample:
     """One image, mask and referring text drawn from ``rng``.
 
     The film, the kind of reference and the target are drawn from ``rng`` itself; the wording from a
     child generator (``rng.spawn``, which draws nothing from ``rng``), so the images and masks of a
-    seed are those of the single-wording generator before it.
+    seed are those of the single-wording generator before it. ``wording="canonical"``: every text in its
+    kind's first template and words (fixed word order, as in QaTa-COV19's structured texts).
     """
+    if wording not in ("varied", "canonical"):
+        raise ConfigError(f"wording must be 'varied' or 'canonical', got {wording!r}")
     wording_rng = rng.spawn(1)[0]
     image, lesions = _draw_film(size, rng)
     kind = rng.choice(["zone", "side", "all", "size"])
@@ -172,7 +178,7 @@ def make_referring_sample(size: int, rng: np.random.Generator) -> ReferringSampl
         ref = _all_reference(lesions)
     else:
         ref = _size_reference(lesions, largest=rng.random() < 0.5)
-    return _sample(image, ref, wording_rng)
+    return _sample(image, ref, wording_rng if wording == "varied" else None)
 
 
 def referring_variants(size: int, rng: np.random.Generator) -> list[ReferringSample]:

@@ -60,7 +60,8 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
     with the image and mask, so it still marks the flipped lesion. Default recipe: AdamW at 3e-4 with
     cosine annealing over 100 epochs. ``generator_init``: the generator's initialisation (``TextToPseudoImage``);
     ``"torch"`` (default) is PyTorch's, ``"fan_in"`` (the quick config) lets the text move the pseudo-image from
-    the first step.
+    the first step. ``head_prior``: the segmentation head starts at that foreground fraction everywhere
+    (``SMPNet``; the quick config's 0.05), None keeps smp's random init.
     """
 
     paper = 'A Text-Image Fusion Method with Data Augmentation Capabilities for Referring Medical Image Segmentation (arXiv 2510.12482)'
@@ -74,6 +75,7 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         roi_weight: float = 0.1,
         generator_init: Literal["torch", "fan_in"] = "torch",
+        head_prior: float | None = None,
         bce_weight: float = 0.0,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2),
         **kwargs: Any,
@@ -81,7 +83,7 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
         super().__init__(bce_weight=bce_weight, optimizer=optimizer, **kwargs)
         self.net = EarlyFusionNet(self.in_channels, self.text_dim, generator_init, arch=arch, encoder_name=encoder_name,
                                   encoder_weights=encoder_weights, encoder_depth=encoder_depth,
-                                  decoder_channels=tuple(decoder_channels))
+                                  decoder_channels=tuple(decoder_channels), head_prior=head_prior)
         self.net_inputs = ("pseudo_image",) if self.net.generator is not None else ()
 
     def default_lr_scheduler(self) -> LRSchedulerCallable:
@@ -111,6 +113,7 @@ class EarlyFusionSegmenter(LanguageGuidedSegmenter):
 
 
 register_variant("early_fusion_small", EarlyFusionSegmenter, "Early fusion on a narrow-decoder U-Net (ResNet-18), "
-                 "fan-in generator init, Dice + BCE, AdamW at 1e-3, no schedule: configs/early_fusion_unet.yaml.",
-                 decoder_channels=(128, 64, 32, 16, 8), generator_init="fan_in", bce_weight=1.0,
+                 "fan-in generator init, head started at 5% foreground, Dice + BCE, AdamW at 1e-3, no schedule: "
+                 "configs/early_fusion_unet.yaml.",
+                 decoder_channels=(128, 64, 32, 16, 8), generator_init="fan_in", head_prior=0.05, bce_weight=1.0,
                  optimizer=adamw(1e-3), lr_scheduler=None)

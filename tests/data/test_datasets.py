@@ -10,7 +10,7 @@ from langseg.data import (ImageTextMaskDataModule, ImageTextMaskDataset, Synthet
                           SyntheticReferringDataset, derangement)
 from langseg.data.synthetic import _draw_film, make_referring_sample, referring_variants
 from langseg.data.transforms import normalize
-from langseg.errors import DataError
+from langseg.errors import ConfigError, DataError
 
 
 def test_synthetic_is_deterministic_and_splits_differ():
@@ -93,6 +93,22 @@ def test_synthetic_texts_vary_in_wording_and_are_deterministic():
     assert all(w in words for w in ("opacit", "consolidation", "infected area", "lesion", "lung field", "biggest"))
     assert {s.text_short for s in samples if s.category == "all"} == {"all lesions"}
     assert all(s.text_short.split()[0] in s.text.lower() for s in samples if s.category in ("zone", "side"))
+
+
+def test_canonical_wording_keeps_the_samples_and_gives_one_text_per_reference():
+    varied = [make_referring_sample(32, np.random.default_rng([1, 0, i])) for i in range(120)]
+    fixed = [make_referring_sample(32, np.random.default_rng([1, 0, i]), "canonical") for i in range(120)]
+    for v, f in zip(varied, fixed):
+        assert np.array_equal(v.image, f.image) and np.array_equal(v.mask, f.mask) and v.category == f.category
+    for i, f in enumerate(fixed):  # the canonical wording of one of the image's references
+        assert f.text in {r.text for r in referring_variants(32, np.random.default_rng([1, 0, i]))}
+    assert len({f.text for f in fixed}) < len({v.text for v in varied}) / 2
+    dm = SyntheticReferringDataModule(num_train=8, num_val=4, num_test=4, num_workers=0, wording="canonical")
+    dm.setup("fit")
+    assert dm.train_dataloader().dataset.text_of(0) == make_referring_sample(
+        64, np.random.default_rng([0, 0, 0]), "canonical").text
+    with pytest.raises(ConfigError, match="wording must be 'varied' or 'canonical'"):
+        make_referring_sample(32, np.random.default_rng(0), "free")
 
 
 def test_every_synthetic_wording_fits_the_shortest_text_length_of_a_quick_config():

@@ -114,7 +114,9 @@ def _optimizer_summary(model: L.LightningModule) -> tuple:
     config = model.configure_optimizers()
     optimizer = config["optimizer"] if isinstance(config, dict) else config
     group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    return type(optimizer), group, isinstance(config, dict)
+    scheduler = config.get("lr_scheduler") if isinstance(config, dict) else None
+    settings = None if scheduler is None else {k: v for k, v in scheduler.state_dict().items() if not k.startswith("_")}
+    return type(optimizer), group, type(scheduler), settings
 
 
 def _hyperparameters(model: L.LightningModule) -> dict:

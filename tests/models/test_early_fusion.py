@@ -9,6 +9,7 @@ from torch import nn
 from langseg.blocks.augmentation import JointAugmentation
 from langseg.cli import main
 from langseg.data import SyntheticReferringDataModule
+from langseg.errors import ConfigError
 from langseg.lightning_cli import build_cli
 from langseg.losses import roi_l1_loss
 from langseg.models import EarlyFusionSegmenter
@@ -251,3 +252,25 @@ def test_quick_config_is_the_small_variant_and_the_paper_config_the_defaults():
     assert (paper.hparams.bce_weight, paper.hparams.roi_weight, paper.hparams.encoder_name) == (0.0, 0.1, "resnet34")
     optimizer = paper.optimizer([nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_head_prior_starts_every_seed_at_the_foreground_fraction_and_trains_the_decoder(seed):
+    torch.manual_seed(seed)
+    model = _model(head_prior=0.05).train()
+    batch = _batch()
+    text = model.encode_text(batch["text"])
+    logits = model(batch["image"], text)["logits"]
+    assert (logits.sigmoid() - 0.05).abs().mean() < 0.005 and (logits.sigmoid() - 0.05).abs().max() < 0.03
+    torch.manual_seed(seed)
+    assert (_model().train()(batch["image"], text)["logits"].sigmoid() - 0.05).abs().mean() > 0.1  # smp's
+    loss = model.compute_loss(model(batch["image"], text), batch["mask"], text)["loss"]
+    loss.backward()
+    decoder_grad = [p.grad for p in model.net.smp.model.decoder.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in decoder_grad)
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, 1.5])
+def test_head_prior_outside_zero_one_is_refused(prior):
+    with pytest.raises(ConfigError, match="head_prior is a foreground fraction in \\(0, 1\\)"):
+        _model(head_prior=prior)

@@ -73,7 +73,7 @@ def test_registered_and_reports_a_bad_backbone():
         GuideDecoder(text_encoder="tiny", encoder_name="no_such_net")
 
 
-def test_default_recipe_is_adamw_with_cosine_annealing_and_the_small_variant_has_none():
+def test_default_recipe_is_adamw_with_cosine_annealing_and_the_small_variant_decays_over_its_4_epochs():
     config = tiny_guidedecoder().configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
@@ -81,8 +81,11 @@ def test_default_recipe_is_adamw_with_cosine_annealing_and_the_small_variant_has
     assert (scheduler.T_max, scheduler.eta_min) == (200, 1e-6)
     small = create_model("guidedecoder_small", text_encoder="tiny")
     assert type(small) is GuideDecoder and small.hparams.encoder_name == "convnext_atto"
-    optimizer = small.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-3
+    assert small.hparams.cross_heads == 8 and small.net.guides[0].cross_attn.attn.num_heads == 8
+    config = small.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.AdamW) and config["optimizer"].defaults["lr"] == 1e-3
+    assert isinstance(config["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert config["lr_scheduler"].T_max == 4
 
 
 @pytest.mark.parametrize("name", ["guidedecoder", "guidedecoder_paper", "himix", "himix_paper"])
@@ -98,6 +101,9 @@ def test_configs_parse_and_build(name):
     if name.endswith("_paper"):  # the model's default optimiser
         optimizer = cli.model.optimizer([torch.nn.Parameter(torch.zeros(1))])
         assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-4
-    else:  # the quick configs: the small variant's optimiser, no schedule
-        optimizer = cli.model.configure_optimizers()
+    else:  # the quick configs: the small variant's optimiser; GuideDecoder's decays over its 4 epochs, HiMix's not
+        config = cli.model.configure_optimizers()
+        optimizer = config["optimizer"] if name == "guidedecoder" else config
         assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-3
+        if name == "guidedecoder":
+            assert config["lr_scheduler"].T_max == cli.trainer.max_epochs == 4
