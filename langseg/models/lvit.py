@@ -239,7 +239,7 @@ class LViT(LanguageGuidedSegmenter):
         return {"loss": self.hparams.dice_weight * dice + self.hparams.bce_weight * bce, "dice": dice, "bce": bce}
 
 
-register_variant("lvit_small", LViT, "LViT with narrow stages (16 .. 128), 4 heads, 64x64 inputs, 16 text tokens, "
-                 "Adam at 3e-4, no schedule, no augmentation: configs/lvit.yaml.", widths=(16, 32, 64, 128, 128),
-                 num_heads=4, image_size=64, max_text_length=16, optimizer=partial(torch.optim.Adam, lr=3e-4),
-                 lr_scheduler=None, augmentation=False)
+register_variant("lvit_small", LViT, "LViT with narrow stages (16 .. 128), 4 heads, 64x64 inputs, 16 text tokens "
+                 "added at every ViT scale, Adam at 3e-4, no schedule, no augmentation: configs/lvit.yaml.",
+                 widths=(16, 32, 64, 128, 128), num_heads=4, image_size=64, max_text_length=16, text_every_scale=True,
+                 optimizer=partial(torch.optim.Adam, lr=3e-4), lr_scheduler=None, augmentation=False)
