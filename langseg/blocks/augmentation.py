@@ -50,20 +50,24 @@ def random_zoom(min_zoom: float = 0.95, max_zoom: float = 1.2, prob: float = 0.1
 
 
 class PhotometricAugmentation(nn.Module):
-    """Gaussian blur with a random sigma and contrast jitter (plus saturation and hue for RGB) of the image.
+    """Gaussian blur with a random sigma, then brightness and contrast jitter (plus saturation and hue on RGB
+    batches) of the image.
 
     Photometric only: the mask, the aligned images and the text stay valid. Each image is mapped to [0, 1]
-    by its own min/max, augmented, and mapped back, so normalised inputs are handled.
+    by its own min/max, augmented, and mapped back, so normalised inputs are handled. ``brightness`` adds a shift
+    drawn from [-brightness, brightness] of that range (0: none, the default); ``hue`` is a fraction of the colour
+    circle; ``contrast`` and ``saturation`` scale by a factor in [1 - x, 1 + x].
     """
 
-    def __init__(self, channels: int = 1, blur_sigma: tuple[float, float] = (0.1, 2.0), contrast: float = 0.2,
-                 saturation: float = 0.2, hue: float = 0.05, p: float = 0.5) -> None:
+    def __init__(self, blur_sigma: tuple[float, float] = (0.1, 2.0), contrast: float = 0.2, saturation: float = 0.2,
+                 hue: float = 0.05, p: float = 0.5, brightness: float = 0.0) -> None:
         super().__init__()
-        colour = {"saturation": saturation, "hue": hue} if channels == 3 else {}
-        self.augment = K.AugmentationSequential(K.RandomGaussianBlur(5, blur_sigma, p=p),
-                                                K.ColorJiggle(contrast=contrast, p=p, **colour))
+        self.blur = K.RandomGaussianBlur(5, blur_sigma, p=p)
+        self.gray = K.ColorJiggle(brightness=brightness, contrast=contrast, p=p)
+        self.colour = K.ColorJiggle(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=p)
 
     def forward(self, image: Tensor, mask: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
         lo = image.amin((1, 2, 3), keepdim=True)
         scale = (image.amax((1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
-        return (self.augment((image - lo) / scale) * scale + lo, mask, *aligned)
+        jiggle = self.colour if image.shape[1] == 3 else self.gray
+        return (jiggle(self.blur((image - lo) / scale)) * scale + lo, mask, *aligned)

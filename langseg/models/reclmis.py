@@ -181,7 +181,7 @@ class RecLMIS(LanguageGuidedSegmenter):
         return partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200)
 
     def default_augmentation(self) -> nn.Module:
-        return PhotometricAugmentation(self.in_channels)
+        return PhotometricAugmentation()
 
     def compute_loss(self, outputs: Mapping[str, Tensor], mask: Tensor, text: TextFeatures | None) -> dict[str, Tensor]:
         """Eq. 11; outside training only the segmentation term exists (the auxiliary heads do not run)."""

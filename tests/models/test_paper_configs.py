@@ -12,7 +12,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 from PIL import Image
 
-from langseg.blocks.augmentation import JointAugmentation
+from langseg.blocks.augmentation import JointAugmentation, PhotometricAugmentation
 from langseg.cli import main
 from langseg.data.transforms import equalize_histogram, zscore
 from langseg.lightning_cli import build_cli
@@ -69,6 +69,11 @@ def test_reclmis_official_config_trains_with_a_clip_folder_as_its_header_says(tm
     assert optimizer.defaults["weight_decay"] == 0.0  # official: Adam without weight decay (Config_covid19)
     assert type(scheduler) is torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
     assert (scheduler.T_0, scheduler.T_mult, scheduler.eta_min) == (10, 1, 1e-4)
+    augmentation = model.augmentation  # Load_Dataset.py's photometric values
+    assert isinstance(augmentation, PhotometricAugmentation) and augmentation.blur.p == augmentation.colour.p == 0.5
+    assert tuple(augmentation.blur._param_generator.sigma) == (0.5, 1.0)
+    jiggle = augmentation.colour
+    assert (jiggle.brightness, jiggle.contrast, jiggle.saturation, jiggle.hue) == (0.1255, 0.5, 0.5, 0.1)
     texts = ["Bilateral pulmonary infection, two infected areas.", "One infected area in the left lung."]
     image, mask = torch.rand(2, model.in_channels, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
     text = model.encode_text(texts)
