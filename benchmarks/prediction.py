@@ -6,7 +6,8 @@ forward pass of the same model on the same batches.
 
 Data: a generic-format folder of 512x512 8-bit PNGs with masks (like MosMedData+), generated in a temporary
 folder and read through the loader cache (built before the timings); the model: the paper-size U-Net (``unet``, random initialisation, so its masks are noisy: a worst case for
-PNG compression) at 224x224, batch 16, 2 loader workers. The predict loop is ``Trainer.predict`` with the
+PNG compression) at 224x224, batch 16, ``num_workers=2`` (the cached split is read in the predicting process: no
+worker process; the section says how many the loader used). The predict loop is ``Trainer.predict`` with the
 ``PredictionWriter`` that ``langseg predict`` registers, timed from ``on_predict_start`` to the end of
 ``on_predict_end`` (every file written); start-up (imports, checkpoint loading) is left out. Three variants
 run interleaved in one process, ``--repeats`` times; the reported numbers are medians.
@@ -87,7 +88,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = langseg.create_model("unet").eval()
     dm.setup("predict")
-    batches = [dm.on_after_batch_transfer(batch, 0) for batch in dm.predict_dataloader()]
+    loader = dm.predict_dataloader()
+    batches = [dm.on_after_batch_transfer(batch, 0) for batch in loader]
     times: dict[str, list[float]] = {"bare": [], "threaded": [], "inline": []}
     for k in range(repeats):
         times["bare"].append(bare_seconds(model, batches))
@@ -96,11 +98,15 @@ def main() -> None:
     written = len(list((root / "out_t0" / "overlays").glob("*.png")))
     rate = {name: images / statistics.median(t) for name, t in times.items()}
     ratios = [b / t for b, t in zip(times["bare"], times["threaded"])]
+    shipped = PredictionWriter()
     command = "PYTHONPATH=. python benchmarks/prediction.py" + (" --quick" if opts.quick else "")
     text = "\n".join([
         "## Prediction pipeline\n",
         f"Command: `{command}` ({machine()}; {load_average()} at the end of the run). {images} images of "
-        f"512x512 (PNG, with masks), paper-size U-Net at 224x224, batch 16, 2 loader workers; {repeats} "
+        f"512x512 (PNG, with masks, read from the loader cache), paper-size U-Net at 224x224, batch 16, "
+        f"`num_workers=2` ({loader.num_workers} loader worker processes: a cached split is read in the predicting "
+        f"process); masks written at PNG level {shipped.mask_compress_level}, overlays at level "
+        f"{shipped.overlay_compress_level} (`PredictionWriter`'s defaults); {repeats} "
         f"interleaved repeats, medians. Every run wrote {written} masks and {written} overlays.\n",
         "| variant | images/s | vs bare forward |",
         "|---|---|---|",
