@@ -1,12 +1,15 @@
 """LightningDataModules: the generic image-text-mask folder format and the embedded synthetic default."""
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from langseg.blocks.augmentation import JointAugmentation, random_zoom
@@ -142,7 +145,8 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in splits:
             self.dataset(split)
 
-    def _loader(self, split: Split, train: bool = False) -> DataLoader:
+    def _loader(self, split: Split, name: str, train: bool = False) -> DataLoader:
+        """The loader of ``split``, which Lightning calls ``name`` (e.g. ``predict_dataloader``)."""
         dataset = self.dataset(split)
         if train:
             sampler: Sampler[int] | None = ResumableSampler(dataset, resume=self._resume)
@@ -151,6 +155,12 @@ class SegmentationDataModule(L.LightningDataModule):
         else:
             sampler = None
         workers = self.loader_workers(dataset)
+        if workers < self.num_workers:
+            # Lightning advises raising num_workers for a loader with fewer than 2, which this one does not use
+            # (process-wide: a later loader of the same name in this process gets no such advice either)
+            warnings.filterwarnings("ignore", message=re.escape(f"The '{name}' does not have many workers"),
+                                    category=PossibleUserWarning,
+                                    module=r"lightning\.pytorch\.trainer\.connectors\.data_connector")
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
                           persistent_workers=workers > 0, drop_last=False, collate_fn=collate)
 
@@ -159,19 +169,19 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.num_workers
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader("train", "train_dataloader", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", "val_dataloader")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", "test_dataloader")
 
     def _predict_key(self) -> str:
         return "predict" if getattr(self, "predict_csv", None) else self.predict_split
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._predict_key())
+        return self._loader(self._predict_key(), "predict_dataloader")
 
 
 class ImageTextMaskDataModule(SegmentationDataModule):

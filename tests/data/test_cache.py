@@ -108,6 +108,27 @@ def test_cached_loaders_give_the_decoded_batches_read_in_the_training_process(tm
         assert ImageTextMaskDataModule(str(data), **options, **pipeline).train_dataloader().num_workers == 1
 
 
+def test_lightning_advises_more_workers_only_to_a_loader_that_uses_them(tmp_path, monkeypatch, recwarn):
+    """On a machine with cores to spare Lightning advises raising ``num_workers`` for a loader with fewer than 2:
+    shown for an uncached split read without workers, not for a cached one (read in the training process)."""
+    import lightning as L
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    from langseg.models import UNetBaseline
+
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 8)
+    data = write_generic_folder(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+    advised = []
+    for cache, workers in ((False, 0), (True, 2)):
+        trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        recwarn.clear()
+        trainer.fit(UNetBaseline(decoder_channels=(16, 8, 8, 8, 8)),
+                    ImageTextMaskDataModule(str(data), image_size=32, batch_size=4, num_workers=workers, cache=cache))
+        advised.append(any("'train_dataloader' does not have many workers" in str(w.message) for w in recwarn))
+    assert advised == [True, False]
+
+
 def test_fit_through_the_cli_reads_the_cache_in_process_and_with_a_zoom_in_workers(tmp_path, capsys):
     """``langseg fit`` on cached data: the validation split read in the training process, the zoomed training
     split's collated batches sent by a worker; the run trains and validates every epoch."""
