@@ -73,6 +73,33 @@ def bare_seconds(model, batches: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def png_encoding(files: list[Path], level: int) -> dict[str, float]:
+    """Median CPU milliseconds to encode each of ``files``' pixels as a PNG at zlib ``level`` with Pillow and with
+    ``langseg.files.png_bytes`` (alternating), and the two sizes in bytes, summed."""
+    import io
+
+    from PIL import Image
+
+    from langseg.files import png_bytes
+
+    def pillow(pixels: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+        return buffer.getvalue()
+
+    times: dict[str, list[float]] = {"pillow": [], "png_bytes": []}
+    sizes = {"pillow": 0, "png_bytes": 0}
+    for file in files:
+        with Image.open(file) as image:
+            pixels = np.asarray(image)
+        for name, encode in (("pillow", pillow), ("png_bytes", lambda p: png_bytes(p, level))):
+            start = time.process_time()
+            sizes[name] += len(encode(pixels))
+            times[name].append(1000 * (time.process_time() - start))
+    return {**{f"{name}_ms": statistics.median(t) for name, t in times.items()},
+            **{f"{name}_bytes": size for name, size in sizes.items()}}
+
+
 def main() -> None:
     from benchmarks.common import image_benchmark_options, load_average, machine, write_section
 
@@ -90,15 +117,17 @@ def main() -> None:
     dm.setup("predict")
     loader = dm.predict_dataloader()
     batches = [dm.on_after_batch_transfer(batch, 0) for batch in loader]
+    shipped = PredictionWriter()
     times: dict[str, list[float]] = {"bare": [], "threaded": [], "inline": []}
     for k in range(repeats):
         times["bare"].append(bare_seconds(model, batches))
         times["threaded"].append(predict_seconds(model, dm, PredictionWriter(str(root / f"out_t{k}"))))
         times["inline"].append(predict_seconds(model, dm, inline_writer(root / f"out_i{k}")))
-    written = len(list((root / "out_t0" / "overlays").glob("*.png")))
+    overlays = sorted((root / "out_t0" / "overlays").glob("*.png"))
+    written = len(overlays)
+    encode = png_encoding(overlays, shipped.overlay_compress_level)
     rate = {name: images / statistics.median(t) for name, t in times.items()}
     ratios = [b / t for b, t in zip(times["bare"], times["threaded"])]
-    shipped = PredictionWriter()
     command = "PYTHONPATH=. python benchmarks/prediction.py" + (" --quick" if opts.quick else "")
     text = "\n".join([
         "## Prediction pipeline\n",
@@ -118,6 +147,10 @@ def main() -> None:
         "",
         f"Per-repeat ratio of the writer-thread loop to the bare forward: "
         f"{', '.join(f'{r:.2f}' for r in ratios)} (target >= 0.8x).\n",
+        f"PNG encoding of the {written} overlays at level {shipped.overlay_compress_level} (the same pixels; CPU "
+        f"time, median per overlay): Pillow {encode['pillow_ms']:.1f} ms, {encode['pillow_bytes'] / 1e6:.1f} MB "
+        f"in all; `langseg.files.png_bytes` (what `PredictionWriter` writes with) {encode['png_bytes_ms']:.1f} ms, "
+        f"{encode['png_bytes_bytes'] / 1e6:.1f} MB.\n",
     ])
     sys.stdout.write(text)
     if not opts.quick:
