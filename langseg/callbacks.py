@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from langseg.files import BackgroundWriter, atomic_write, atomic_write_text, png_bytes
+from langseg.files import BackgroundWriter, atomic_write, atomic_write_text, write_png
 from langseg.metrics import confusion_counts, dice_iou, hd95
 
 log = logging.getLogger("langseg")
@@ -226,10 +226,6 @@ def _masks_at_original_size(prob: Tensor, sizes: Tensor, threshold: float,
             for i, size in enumerate(sizes)]
 
 
-def _save_png(pixels: np.ndarray, path: Path, compress_level: int) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(png_bytes(pixels, compress_level)))
-
-
 class PredictionWriter(BasePredictionWriter):
     """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
     ``overlays/<id>.png`` (original image, prediction in red with a yellow contour, the ground-truth
@@ -242,7 +238,7 @@ class PredictionWriter(BasePredictionWriter):
     the model does not wait for the disk. A file that cannot be written stops the run with an error naming it
     (raised at the next batch or at the end). Each file is written to a temporary name and renamed, so a crash
     leaves no half-written file and a second run overwrites the first cleanly. Masks and overlays are PNGs
-    (``files.png_bytes``) deflated at zlib level ``mask_compress_level`` and ``overlay_compress_level`` (0-9; 1:
+    (``files.write_png``) deflated at zlib level ``mask_compress_level`` and ``overlay_compress_level`` (0-9; 1:
     fast, larger files; 9: smallest; the pixels are the same).
     """
 
@@ -281,7 +277,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _write_sample(self, sample_id: str, mask: np.ndarray, text: str, path: str, image: Tensor,
                       truth: np.ndarray | None) -> None:
-        _save_png(mask.astype(np.uint8) * 255, self.output_dir / "masks" / f"{sample_id}.png", self.mask_compress_level)
+        write_png(self.output_dir / "masks" / f"{sample_id}.png", mask.astype(np.uint8) * 255, self.mask_compress_level)
         if not self.overlay:
             return
         if path:
@@ -289,7 +285,7 @@ class PredictionWriter(BasePredictionWriter):
                 base = img.convert("RGB")
         else:
             base = Image.fromarray(_denormalized(image)).resize(mask.shape[::-1], Image.BILINEAR)
-        _save_png(np.asarray(overlay_image(base, mask, text, truth)), self.output_dir / "overlays" / f"{sample_id}.png",
+        write_png(self.output_dir / "overlays" / f"{sample_id}.png", np.asarray(overlay_image(base, mask, text, truth)),
                   self.overlay_compress_level)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,

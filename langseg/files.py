@@ -74,6 +74,11 @@ def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def write_png(path: str | Path, pixels: np.ndarray, compress_level: int = 1) -> Path:
+    """``pixels`` as a PNG file (``png_bytes``) at ``path``, written atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(png_bytes(pixels, compress_level)))
+
+
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
     """``torch.save`` of ``obj`` through ``atomic_write``, into a Python file object so that a failed write
     (disk full) keeps its OSError and is reported by path."""
