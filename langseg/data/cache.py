@@ -84,7 +84,7 @@ class CachedImageDataset(Dataset):
     (``ImageTextMaskDataModule`` does it in ``on_after_batch_transfer``). With a training zoom or a per-image
     intensity normalisation (``per_sample_pipeline``) each sample is finished from the cached pixels in the loader
     instead (``ImageTextMaskDataset.finish_sample``), as floats. A loader reads a whole batch with one
-    indexed read per array and gets it already collated (``__getitems__``, with ``collate`` as its ``collate_fn``).
+    indexed read per array, held collated (``__getitems__``; ``collate``, its ``collate_fn``, passes the batch on).
 
     The arrays are ``<cache_dir>/<csv name>-<fingerprint>.{images,masks}.npy``; the fingerprint changes when a
     source file (path, size, modification time), ``image_size`` or ``in_channels`` changes, and then the split
@@ -165,16 +165,36 @@ class CachedImageDataset(Dataset):
         images, masks = self._pixels([index])
         return self.dataset.make_item(index, images[0], masks[0] if masks is not None else None)
 
-    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        """The batch of the samples at ``indices``, already collated (``ImageTextMaskDataset.make_batch``): what a
-        ``DataLoader`` calls, passed on by ``collate``."""
-        return self.dataset.make_batch(indices, *self._pixels(indices))
+    def __getitems__(self, indices: list[int]) -> CollatedSamples:
+        """The samples at ``indices``, held as their collated batch (``ImageTextMaskDataset.make_batch``): what a
+        ``DataLoader`` calls; ``collate`` passes the batch on."""
+        return CollatedSamples(self.dataset.make_batch(indices, *self._pixels(indices)))
 
 
-def collate(samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
-    """A loader's batch: ``default_collate`` of a list of samples; a batch a dataset's ``__getitems__`` already
-    collated (a dict) as it is."""
-    return samples if isinstance(samples, dict) else default_collate(samples)
+def _sample_of(value: Any, k: int) -> Any:
+    """Sample ``k``'s part of a collated ``value``: row ``k`` of a tensor or list, and so within a dict."""
+    return {key: _sample_of(v, k) for key, v in value.items()} if isinstance(value, dict) else value[k]
+
+
+class CollatedSamples(Sequence[dict[str, Any]]):
+    """A list of samples held as their collated ``batch``: ``collate`` returns the batch as it is, and any other
+    reader (``default_collate``, a ``Subset``) sees the samples, each cut out of the batch when asked."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["id"])
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"sample {k} of a batch of {len(self)}")
+        return _sample_of(self.batch, k)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A loader's batch: ``default_collate`` of a list of samples; the batch of ``CollatedSamples`` as it is."""
+    return samples.batch if isinstance(samples, CollatedSamples) else default_collate(samples)
 
 
 def to_model_input(batch: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from langseg.data import ImageTextMaskDataModule
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Subset, default_collate
 
-from langseg.data.cache import CachedImageDataset, to_model_input
+from langseg.data.cache import CachedImageDataset, collate, to_model_input
 from langseg.data.datasets import ImageTextMaskDataset
 from tests.conftest import write_generic_folder
 from tests.test_cli import TINY
@@ -46,8 +46,13 @@ def test_cached_samples_match_the_decoded_ones(generic_folder, tmp_path):
     assert got["image"].shape == (8, 3, 32, 32) and torch.equal(got["mask"], want["mask"])
     assert torch.allclose(got["image"], want["image"], atol=0.5 / 255 / 0.25 + 1e-6)  # uint8: half a grey level
     order = [5, 1, 5]  # any order, repeats
-    batched = cached.__getitems__(order)  # one indexed read per array, already collated
+    samples = cached.__getitems__(order)  # one indexed read per array, held collated
+    batched = collate(samples)
     assert_same_batch(batched, default_collate([cached[i] for i in order]))
+    assert len(samples) == 3 and all(sample.keys() == cached[5].keys() for sample in samples)
+    assert_same_batch(default_collate(samples), batched)  # read as the list of samples __getitems__ returns
+    loader = DataLoader(Subset(cached, [2, 4, 6]), batch_size=2)  # torch's own collate, through a Subset
+    assert [batch["id"] for batch in loader] == [[want["id"][2], want["id"][4]], [want["id"][6]]]
     assert batched["image"].dtype == torch.uint8 and batched["columns"] == {"category": [
         plain.columns_of(i)["category"] for i in order]}
     assert {p.name.split(".")[1] for p in (tmp_path / "cache").iterdir()} == {"images", "masks"}
@@ -166,7 +171,7 @@ def test_cache_follows_the_input_pipeline(generic_folder, tmp_path):
     assert torch.equal(got["mask"], want["mask"])
     assert torch.allclose(got["image"], want["image"], atol=0.05)  # z-scores of pixels within half a grey level
     assert got["image"].mean(dim=(1, 2)).abs().max() < 1e-4  # each channel z-scored
-    assert_same_batch(cached.__getitems__([3, 0]), default_collate([cached[3], cached[0]]))  # finished in the batch
+    assert_same_batch(collate(cached.__getitems__([3, 0])), default_collate([cached[3], cached[0]]))  # finished in the batch
     bicubic = CachedImageDataset(ImageTextMaskDataset(generic_folder / "train.csv", image_size=32, in_channels=3,
                                                       resize="bicubic"), tmp_path / "cache")
     assert bicubic.paths != cached.paths
