@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 from torch import Tensor
 
-from langseg.files import BackgroundWriter, atomic_write, atomic_write_text
+from langseg.files import BackgroundWriter, atomic_write, atomic_write_text, write_png
 from langseg.metrics import confusion_counts, dice_iou, hd95
 
 log = logging.getLogger("langseg")
@@ -169,6 +168,7 @@ def _denormalized(image: Tensor) -> np.ndarray:
 
 OVERLAY_MIN_WIDTH = 256  # small images are enlarged so that the caption stays readable
 PREDICTION_TINT = np.array([0.45 * 255.0, 0.0, 0.0], dtype=np.float32)  # red, mixed 45 : 55 with the image
+TINTED = (0.55 * np.arange(256)[:, None] + PREDICTION_TINT).astype(np.uint8)  # (256, 3): each level of each channel mixed
 
 
 @lru_cache(maxsize=1)
@@ -177,8 +177,15 @@ def _caption_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _contour(mask: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of ``mask`` within ``width`` pixels of its border (4-connected erosion)."""
-    return mask & ~ndimage.binary_erosion(mask, iterations=width)
+    """The pixels of ``mask`` within ``width`` pixels of its border: ``mask`` less its ``width``-fold 4-connected
+    erosion, outside the image counting as background (``scipy.ndimage.binary_erosion``'s, with shifted slices)."""
+    inner = mask
+    for _ in range(width):
+        eroded = np.zeros_like(inner)
+        eroded[1:-1, 1:-1] = (inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2]
+                              & inner[1:-1, 2:])
+        inner = eroded
+    return mask & ~inner
 
 
 def overlay_image(base: Image.Image, mask: np.ndarray, caption: str, truth: np.ndarray | None = None) -> Image.Image:
@@ -195,8 +202,8 @@ def overlay_image(base: Image.Image, mask: np.ndarray, caption: str, truth: np.n
     band = 14 * len(band_lines) + 6
     canvas = np.zeros((rgb.shape[0] + band, rgb.shape[1], 3), dtype=np.uint8)  # the caption band stays black
     picture = canvas[:rgb.shape[0]]
-    picture[:] = rgb
-    picture[mask] = (0.55 * rgb[mask] + PREDICTION_TINT).astype(np.uint8)  # only the masked pixels are mixed
+    tinted = np.stack([TINTED[:, c].take(rgb[..., c]) for c in range(3)], axis=-1)  # table lookups, no float image
+    np.copyto(picture, np.where(mask[..., None], tinted, rgb))
     picture[_contour(mask, scale)] = (255, 230, 0)
     if truth is not None:
         picture[_contour(truth, scale)] = (0, 220, 0)
@@ -221,10 +228,6 @@ def _masks_at_original_size(prob: Tensor, sizes: Tensor, threshold: float,
             for i, size in enumerate(sizes)]
 
 
-def _save_png(image: Image.Image, path: Path, compress_level: int = 6) -> Path:
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
-
-
 class PredictionWriter(BasePredictionWriter):
     """Writes, for every predicted sample, ``masks/<id>.png`` (0/255, the original image's size) and
     ``overlays/<id>.png`` (original image, prediction in red with a yellow contour, the ground-truth
@@ -236,12 +239,13 @@ class PredictionWriter(BasePredictionWriter):
     the files run on a writer thread (``files.BackgroundWriter``, at most ``max_pending`` samples waiting), so
     the model does not wait for the disk. A file that cannot be written stops the run with an error naming it
     (raised at the next batch or at the end). Each file is written to a temporary name and renamed, so a crash
-    leaves no half-written file and a second run overwrites the first cleanly. Overlays are PNGs compressed at
-    level ``overlay_compress_level`` (1: fast, larger files; 6: PIL's default).
+    leaves no half-written file and a second run overwrites the first cleanly. Masks and overlays are PNGs
+    (``files.write_png``) deflated at zlib level ``mask_compress_level`` and ``overlay_compress_level`` (0-9; 1:
+    fast, larger files; 9: smallest; the pixels are the same).
     """
 
     def __init__(self, output_dir: str | None = None, overlay: bool = True, max_pending: int = 64,
-                 overlay_compress_level: int = 1) -> None:
+                 overlay_compress_level: int = 1, mask_compress_level: int = 1) -> None:
         super().__init__(write_interval="batch")
         self.output_dir_arg = output_dir
         self.output_dir: Path | None = None  # set in setup(), once the run's folder is known
@@ -249,6 +253,7 @@ class PredictionWriter(BasePredictionWriter):
         self.rows: list[dict[str, Any]] = []
         self.max_pending = max_pending
         self.overlay_compress_level = overlay_compress_level
+        self.mask_compress_level = mask_compress_level
         self._writer: BackgroundWriter | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -274,7 +279,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _write_sample(self, sample_id: str, mask: np.ndarray, text: str, path: str, image: Tensor,
                       truth: np.ndarray | None) -> None:
-        _save_png(Image.fromarray(mask.astype(np.uint8) * 255), self.output_dir / "masks" / f"{sample_id}.png")
+        write_png(self.output_dir / "masks" / f"{sample_id}.png", mask.astype(np.uint8) * 255, self.mask_compress_level)
         if not self.overlay:
             return
         if path:
@@ -282,7 +287,7 @@ class PredictionWriter(BasePredictionWriter):
                 base = img.convert("RGB")
         else:
             base = Image.fromarray(_denormalized(image)).resize(mask.shape[::-1], Image.BILINEAR)
-        _save_png(overlay_image(base, mask, text, truth), self.output_dir / "overlays" / f"{sample_id}.png",
+        write_png(self.output_dir / "overlays" / f"{sample_id}.png", np.asarray(overlay_image(base, mask, text, truth)),
                   self.overlay_compress_level)
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,

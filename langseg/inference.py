@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from langseg.errors import ConfigError, DataError
-from langseg.files import BackgroundWriter, atomic_write
+from langseg.files import BackgroundWriter, write_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -110,8 +110,7 @@ def _write_prediction(mask_path: Path, mask: np.ndarray, pixels: np.ndarray | No
     """``masks/<id>.png`` and, given the image's pixels, ``overlays/<id>.png`` beside it."""
     from langseg.callbacks import overlay_image
 
-    atomic_write(mask_path, lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+    write_png(mask_path, mask.astype(np.uint8) * 255)
     if pixels is not None:
         picture = overlay_image(Image.fromarray(pixels).convert("RGB"), mask, caption)
-        atomic_write(mask_path.parent.parent / "overlays" / mask_path.name,
-                     lambda tmp: picture.save(tmp, format="PNG", compress_level=1))
+        write_png(mask_path.parent.parent / "overlays" / mask_path.name, np.asarray(picture))

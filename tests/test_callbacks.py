@@ -106,6 +106,39 @@ def test_overlay_outlines_prediction_and_ground_truth_and_keeps_small_captions_r
     assert not np.asarray(overlay_image(base, pred, caption))[..., 1].__eq__(220).any()  # no truth: no green
 
 
+def test_overlay_pixels_are_the_tinted_image_with_eroded_contours():
+    """Every pixel of an overlay, against a reference drawn in floats with ``scipy.ndimage`` erosions: the image mixed
+    55 : 45 with red where predicted, yellow on the prediction's border, green on the truth's, borders touching the
+    image's edge included (noisy masks, an RGB photo, and a small image enlarged 3x so the borders are 3 px wide)."""
+    from scipy import ndimage
+
+    from langseg.callbacks import PREDICTION_TINT, overlay_image
+
+    rng = np.random.default_rng(0)
+    for size, scale in ((96, 3), (300, 1)):
+        rgb = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pred, truth = rng.random((2, size, size)) > 0.5
+        pred[: size // 2] = False  # a large empty region and a noisy one
+        picture = np.asarray(overlay_image(Image.fromarray(rgb), pred, "a caption", truth))
+        big = [a.repeat(scale, 0).repeat(scale, 1) for a in (rgb, pred, truth)]
+        want = big[0].copy()
+        want[big[1]] = (0.55 * big[0][big[1]] + PREDICTION_TINT).astype(np.uint8)
+        for mask, color in ((big[1], (255, 230, 0)), (big[2], (0, 220, 0))):
+            want[mask & ~ndimage.binary_erosion(mask, iterations=scale)] = color
+        assert picture.shape[:2] != want.shape[:2] and np.array_equal(picture[:size * scale], want)
+
+
+def test_mask_compress_level_changes_the_file_not_the_pixels(tmp_path, generic_folder):
+    dm = ImageTextMaskDataModule(str(generic_folder), image_size=32, batch_size=4, num_workers=0)
+    for level in (1, 9):
+        _trainer(PredictionWriter(str(tmp_path / str(level)), overlay=False, mask_compress_level=level)).predict(
+            _model(), dm, return_predictions=False)
+    for one in (tmp_path / "1" / "masks").iterdir():
+        nine = tmp_path / "9" / "masks" / one.name
+        assert one.read_bytes() != nine.read_bytes()
+        assert np.array_equal(np.asarray(Image.open(one)), np.asarray(Image.open(nine)))
+
+
 def test_last_checkpoint_holds_the_latest_weights_after_the_best_epoch(tmp_path, generic_folder):
     """The monitored score is best at epoch 0 and worse after: ``last.ckpt`` must still be epoch 2's."""
     from langseg.callbacks import RunCheckpoint

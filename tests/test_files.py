@@ -58,3 +58,24 @@ def test_written_files_get_the_mode_of_any_new_file(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("")
     assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_png_bytes_decode_to_the_same_pixels_in_grey_and_rgb():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from langseg.files import png_bytes
+
+    rng = np.random.default_rng(0)
+    smooth = np.add.outer(np.arange(50), np.arange(70)).astype(np.uint8)  # rows that differ: "Up" wraps around
+    for pixels in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), smooth, smooth[::-1, :, None].repeat(3, 2),
+                   np.full((1, 1), 255, np.uint8), rng.integers(0, 256, (64, 1), dtype=np.uint8)):
+        for level in (0, 1, 9):
+            with Image.open(io.BytesIO(png_bytes(pixels, level))) as image:
+                assert image.mode == ("L" if pixels.ndim == 2 else "RGB")
+                assert np.array_equal(np.asarray(image), pixels)
+    assert len(png_bytes(smooth, 9)) < len(png_bytes(smooth, 0))
+    with pytest.raises(ValueError, match="uint8 .H, W. or .H, W, 3. pixels, not float32"):
+        png_bytes(smooth.astype(np.float32))

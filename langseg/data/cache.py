@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from langseg.data.datasets import ImageTextMaskDataset
 from langseg.errors import ConfigError
@@ -84,7 +84,7 @@ class CachedImageDataset(Dataset):
     (``ImageTextMaskDataModule`` does it in ``on_after_batch_transfer``). With a training zoom or a per-image
     intensity normalisation (``per_sample_pipeline``) each sample is finished from the cached pixels in the loader
     instead (``ImageTextMaskDataset.finish_sample``), as floats. A loader reads a whole batch with one
-    indexed read (``__getitems__``).
+    indexed read per array, held collated (``__getitems__``; ``collate``, its ``collate_fn``, passes the batch on).
 
     The arrays are ``<cache_dir>/<csv name>-<fingerprint>.{images,masks}.npy``; the fingerprint changes when a
     source file (path, size, modification time), ``image_size`` or ``in_channels`` changes, and then the split
@@ -147,21 +147,54 @@ class CachedImageDataset(Dataset):
     def where_of(self, index: int) -> str:
         return self.dataset.where_of(index)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """The samples at ``indices``, read with one indexed read per array (what a ``DataLoader`` calls)."""
+    def _pixels(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``(B, C, S, S)`` and masks ``(B, 1, S, S)`` (None when a row has no mask) of ``indices``, read
+        with one indexed read per array: cached integers, or finished floats with a per-sample pipeline."""
         arrays = self._open()
-        images = torch.from_numpy(arrays["images"][indices])  # (B, C, S, S) integers, copied out of the map
+        images = torch.from_numpy(arrays["images"][indices])  # integers copied out of the map
         masks = torch.from_numpy(arrays["masks"][indices])
-        has_mask = [self.dataset.rows[i]["mask"] is not None for i in indices]
-        if self.dataset.per_sample_pipeline:  # a zoom or a per-image normalisation: finished here, as floats
-            images = images.float() / (65535.0 if images.dtype == torch.uint16 else 255.0)
-            samples = [self.dataset.finish_sample(images[k], masks[k].float() if has_mask[k] else None)
-                       for k in range(len(indices))]
-            return [self.dataset.make_item(i, *samples[k]) for k, i in enumerate(indices)]
-        return [self.dataset.make_item(i, images[k], masks[k] if has_mask[k] else None) for k, i in enumerate(indices)]
+        has_masks = all(self.dataset.rows[i]["mask"] is not None for i in indices)
+        if not self.dataset.per_sample_pipeline:
+            return images, masks if has_masks else None
+        images = images.float() / (65535.0 if images.dtype == torch.uint16 else 255.0)
+        finished = [self.dataset.finish_sample(images[k], masks[k].float() if has_masks else None)
+                    for k in range(len(indices))]
+        return torch.stack([image for image, _ in finished]), torch.stack([mask for _, mask in finished]) if has_masks else None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        images, masks = self._pixels([index])
+        return self.dataset.make_item(index, images[0], masks[0] if masks is not None else None)
+
+    def __getitems__(self, indices: list[int]) -> CollatedSamples:
+        """The samples at ``indices``, held as their collated batch (``ImageTextMaskDataset.make_batch``): what a
+        ``DataLoader`` calls; ``collate`` passes the batch on."""
+        return CollatedSamples(self.dataset.make_batch(indices, *self._pixels(indices)))
+
+
+def _sample_of(value: Any, k: int) -> Any:
+    """Sample ``k``'s part of a collated ``value``: row ``k`` of a tensor or list, and so within a dict."""
+    return {key: _sample_of(v, k) for key, v in value.items()} if isinstance(value, dict) else value[k]
+
+
+class CollatedSamples(Sequence[dict[str, Any]]):
+    """A list of samples held as their collated ``batch``: ``collate`` returns the batch as it is, and any other
+    reader (``default_collate``, a ``Subset``) sees the samples, each cut out of the batch when asked."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["id"])
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"sample {k} of a batch of {len(self)}")
+        return _sample_of(self.batch, k)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A loader's batch: ``default_collate`` of a list of samples; the batch of ``CollatedSamples`` as it is."""
+    return samples.batch if isinstance(samples, CollatedSamples) else default_collate(samples)
 
 
 def to_model_input(batch: dict[str, Any], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:

@@ -1,16 +1,19 @@
 """LightningDataModules: the generic image-text-mask folder format and the embedded synthetic default."""
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from langseg.blocks.augmentation import JointAugmentation, random_zoom
-from langseg.data.cache import CachedImageDataset, to_model_input
+from langseg.data.cache import CachedImageDataset, collate, to_model_input
 from langseg.data.datasets import ImageTextMaskDataset, SwappedTextDataset, SyntheticReferringDataset
 from langseg.data.transforms import INTENSITY_MODES, RESIZE_MODES, Intensity, Resize
 from langseg.errors import ConfigError, DataError
@@ -142,7 +145,8 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in splits:
             self.dataset(split)
 
-    def _loader(self, split: Split, train: bool = False) -> DataLoader:
+    def _loader(self, split: Split, name: str, train: bool = False) -> DataLoader:
+        """The loader of ``split``, which Lightning calls ``name`` (e.g. ``predict_dataloader``)."""
         dataset = self.dataset(split)
         if train:
             sampler: Sampler[int] | None = ResumableSampler(dataset, resume=self._resume)
@@ -150,23 +154,34 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # each sample evaluated exactly once
         else:
             sampler = None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        workers = self.loader_workers(dataset)
+        if workers < self.num_workers:
+            # Lightning advises raising num_workers for a loader with fewer than 2, which this one does not use
+            # (process-wide: a later loader of the same name in this process gets no such advice either)
+            warnings.filterwarnings("ignore", message=re.escape(f"The '{name}' does not have many workers"),
+                                    category=PossibleUserWarning,
+                                    module=r"lightning\.pytorch\.trainer\.connectors\.data_connector")
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, drop_last=False, collate_fn=collate)
+
+    def loader_workers(self, dataset: Dataset) -> int:
+        """The number of loader processes that read ``dataset``: ``num_workers``."""
+        return self.num_workers
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader("train", "train_dataloader", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", "val_dataloader")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", "test_dataloader")
 
     def _predict_key(self) -> str:
         return "predict" if getattr(self, "predict_csv", None) else self.predict_split
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._predict_key())
+        return self._loader(self._predict_key(), "predict_dataloader")
 
 
 class ImageTextMaskDataModule(SegmentationDataModule):
@@ -188,6 +203,9 @@ class ImageTextMaskDataModule(SegmentationDataModule):
     ``cache`` (default) decodes and resizes the train, val and test images once into memory-mapped arrays in
     ``cache_dir`` (default ``<root>/.langseg_cache``; rebuilt when a source file, ``image_size``, ``in_channels``
     or ``resize`` changes: ``langseg.data.cache.CachedImageDataset``); False decodes every image every epoch.
+    ``num_workers`` loader processes decode the images (building the cache, every epoch without it) and finish
+    the samples of a per-sample pipeline (zoom, ``zscore``, ``histogram``); a cached split without one is read in
+    the training process (``loader_workers``).
     """
 
     def __init__(self, root: str, image_size: int = 224, in_channels: int = 1, batch_size: int = 16,
@@ -220,6 +238,16 @@ class ImageTextMaskDataModule(SegmentationDataModule):
                                        self.mean, self.std, **pipeline,
                                        augmentation=self.train_augmentation() if split == "train" else None)
         return CachedImageDataset(dataset, self.cache_dir, self.num_workers) if self.cache else dataset
+
+    def loader_workers(self, dataset: Dataset) -> int:
+        """0 for a split read from the loader cache with nothing to compute per sample (no zoom, ``unit``
+        intensity): its batch is one copy out of a memory map, made in the training process, where worker
+        processes would add only the transfer of every batch between processes (docs/benchmarks.md measures
+        both); ``num_workers`` otherwise."""
+        cached = dataset.dataset if isinstance(dataset, SwappedTextDataset) else dataset  # the test split's wrapper
+        if isinstance(cached, CachedImageDataset) and not cached.dataset.per_sample_pipeline:
+            return 0
+        return self.num_workers
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Scales and normalises the cached integer images of a batch on its device (``to_model_input``)."""

@@ -359,6 +359,23 @@ class ImageTextMaskDataset(Dataset):
             item["mask"] = mask
         return item
 
+    def make_batch(self, indices: Sequence[int], images: Tensor, masks: Tensor | None) -> dict[str, Any]:
+        """The collated batch of rows ``indices`` holding ``images`` ``(B, C, S, S)`` and ``masks``: what
+        ``default_collate`` makes of their ``make_item`` samples (texts, ids and paths as lists, ``orig_size``
+        ``(B, 2)``, ``columns`` as ``{name: [cell per sample]}``), built without the per-sample dicts."""
+        rows = [self.rows[i] for i in indices]
+        batch = {
+            "image": images,
+            "text": [row["text"] for row in rows],
+            "id": [row["id"] for row in rows],
+            "image_path": [str(row["image"]) for row in rows],
+            "orig_size": torch.tensor([[row["size"][1], row["size"][0]] for row in rows]),
+            "columns": {name: [row["columns"][name] for row in rows] for name in self.columns},
+        }
+        if masks is not None:
+            batch["mask"] = masks
+        return batch
+
 
 def swap_partners(texts: Sequence[str], seed: int) -> list[int]:
     """For each sample, another sample whose text differs from its own: a fixed-seed derangement, each
