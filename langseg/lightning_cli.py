@@ -309,6 +309,14 @@ class LangsegCLI(LightningCLI):
 def build_cli(args: list[str] | None = None, run: bool = True) -> LangsegCLI:
     """The Lightning CLI over every ``LanguageGuidedSegmenter`` and ``SegmentationDataModule`` subclass."""
     kwargs: dict[str, Any] = {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
-    return LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
-                      subclass_mode_data=True, auto_configure_optimizers=False, trainer_defaults=TRAINER_DEFAULTS,
-                      args=args, run=run, **kwargs)
+    # ``args`` replace the command line, which is therefore hidden from LightningCLI: given both (``langseg compare``,
+    # ``langseg convert``), it warns that the command line is ignored.
+    saved = list(sys.argv)
+    if args is not None:
+        sys.argv[1:] = []
+    try:
+        return LangsegCLI(LanguageGuidedSegmenter, SegmentationDataModule, subclass_mode_model=True,
+                          subclass_mode_data=True, auto_configure_optimizers=False, trainer_defaults=TRAINER_DEFAULTS,
+                          args=args, run=run, **kwargs)
+    finally:
+        sys.argv[:] = saved

@@ -91,3 +91,16 @@ def test_help_lists_every_command_and_list_models_lists_the_variants(tmp_path):
         assert f"    {command}" in help_text
     names = langseg("list-models", cwd=tmp_path).stdout.split()
     assert {"unet", "unet_small", "lsms", "lsms_small", "himix_small"} <= set(names)
+
+
+def test_a_cli_built_from_args_ignores_the_command_line_without_lightnings_warning(monkeypatch, recwarn):
+    """``langseg compare``/``convert`` build one CLI per config while their own command line is in sys.argv."""
+    import sys
+
+    from langseg.lightning_cli import build_cli
+
+    argv = ["langseg", "compare", "--configs", "configs/unet.yaml", "--output", "runs/x"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    cli = build_cli(["--config", str(REPO / "configs" / "unet.yaml"), "--trainer.logger", "false"], run=False)
+    assert cli.trainer.max_epochs == 6 and sys.argv == argv
+    assert not [w for w in recwarn if "args parameter is intended" in str(w.message)]
