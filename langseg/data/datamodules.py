@@ -257,7 +257,8 @@ class ImageTextMaskDataModule(SegmentationDataModule):
 class SyntheticReferringDataModule(SegmentationDataModule):
     """Embedded default data: procedural referring-lesion images, generated on the fly, deterministic by seed,
     with the columns ``category`` and ``text_short`` (so ``langseg test`` reports ``test/dice@text_short``
-    and the Dice per category by default)."""
+    and the Dice per category by default). ``wording``: the texts' varied phrasings (default) or each reference's
+    canonical one, with the same images and masks."""
 
     def __init__(self, num_train: int = 1024, num_val: int = 128, num_test: int = 256, image_size: int = 64,
                  in_channels: int = 1, batch_size: int = 32, num_workers: int = 2, seed: int = 0,
